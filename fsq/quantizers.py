@@ -1,0 +1,642 @@
+"""Finite scalar quantization (FSQ): pure functions first, thin Flax Linen modules on top.
+
+FSQ (Mentzer et al., 2023) bounds each of d channels, rounds channel i to one of ``levels[i]`` values
+and passes gradients straight through. The implicit codebook is the grid of all combinations, so
+there are no codebook parameters, no auxiliary losses, no EMA and nothing that can collapse.
+
+Conventions (all tested in tests/test_quantizers.py):
+
+* Bound. ``half_l = (L - 1) * (1 + eps) / 2``, ``offset = 0.5 if L is even else 0``,
+  ``shift = arctanh(offset / half_l)``, ``bound(z) = tanh(z + shift) * half_l - offset``.
+  The official code writes ``tan`` for the shift (a bug its first author confirmed) and ``(1 - eps)``
+  for the scale, which makes ``arctanh`` return NaN at L = 2 (``offset / half_l > 1``). ``(1 + eps)``
+  keeps every L >= 2 finite, and the shift makes ``z = 0`` map to the code 0 for every L.
+* Codes. The rounded value is divided by ``L // 2``: odd L gives a symmetric grid on [-1, 1], even L an
+  asymmetric one (L = 8: -1, -0.75, ..., 0.75; L = 2: {-1, 0}), as in the paper. For L = 2 the shift
+  puts z = 0 at the top of the range (the -1 | 0 threshold sits at z = -3.8); prefer the symmetric
+  variant there, whose threshold is z = 0.
+* Symmetric variant (``symmetric=True``). No offset and no shift: the bounded value is rounded to the
+  half-integer grid for even L, and codes are ``2 * digit / (L - 1) - 1``, symmetric around 0 and
+  spanning exactly [-1, 1] (L = 4: -1, -1/3, 1/3, 1; L = 2: {-1, 1}, the LFQ grid). Odd L gives the same
+  codes as the default. What changes for even L: 0 is no longer a code, and the grid spacing is
+  ``2 / (L - 1)`` instead of ``1 / (L // 2)``.
+* Digits and indices. The digit of channel i is the integer in [0, L_i) of its code; the index is the
+  mixed-radix number with basis ``cumprod([1, L_0, L_1, ...])`` (channel 0 least significant),
+  computed in int32 from rounded digits, never in floating point.
+* Precision. Arithmetic runs in (at least) float32 whatever the input dtype, so bf16 and f16 inputs
+  give exactly the indices of the same values in float32; codes come back in the input dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+Levels = Sequence[int]
+
+INT32_MAX = 2**31 - 1
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+# Table 1 of the paper plus the appendix sizes (the appendix's 2^12 entry [7,5,5,5] is a typo).
+PAPER_LEVELS: dict[int, tuple[int, ...]] = {
+  2**4: (5, 3),
+  2**6: (8, 8),
+  2**8: (8, 6, 5),
+  2**9: (8, 8, 8),
+  2**10: (8, 5, 5, 5),
+  2**11: (8, 8, 6, 5),
+  2**12: (7, 5, 5, 5, 5),
+  2**14: (8, 8, 8, 6, 5),
+  2**16: (8, 8, 8, 5, 5, 5),
+}
+
+
+def check_levels(levels: Levels, name: str = "levels") -> tuple[int, ...]:
+  """Validates ``levels`` eagerly and returns them as a tuple of Python ints.
+
+  Raises ValueError naming ``name`` and the value unless levels is a non-empty sequence of integers
+  >= 2 whose product fits in int32.
+  """
+  if isinstance(levels, str | bytes) or not isinstance(levels, Sequence | np.ndarray):
+    raise ValueError(f"{name} must be a non-empty sequence of integers >= 2, got {levels!r}")
+  values = list(levels)
+  ok = len(values) > 0 and all(
+    isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 2 for v in values
+  )
+  if not ok:
+    raise ValueError(f"{name} must be a non-empty sequence of integers >= 2, got {levels!r}")
+  values = [int(v) for v in values]
+  if math.prod(values) > INT32_MAX:
+    raise ValueError(
+      f"{name} = {values} give {math.prod(values)} codes, more than int32 indices hold ({INT32_MAX})"
+    )
+  return tuple(values)
+
+
+def _check_eps(eps: float) -> float:
+  if not isinstance(eps, int | float) or not 0.0 < eps < 1.0:
+    raise ValueError(f"eps must be a float in (0, 1), got {eps!r}")
+  return float(eps)
+
+
+def _check_width(x: jax.Array, levels: tuple[int, ...], name: str) -> None:
+  if x.ndim == 0 or x.shape[-1] != len(levels):
+    raise ValueError(
+      f"{name} has shape {tuple(x.shape)}: its last axis must have len(levels) = {len(levels)} "
+      f"entries for levels {list(levels)} (levels shape ({len(levels)},))"
+    )
+
+
+def codebook_size(levels: Levels) -> int:
+  """Number of codes in the implicit FSQ codebook: the product of the levels."""
+  return math.prod(check_levels(levels))
+
+
+def levels_for_codebook_size(target: int) -> tuple[int, ...]:
+  """Levels giving an implicit codebook of about ``target`` codes.
+
+  Sizes listed in the paper (2^4, 2^6, 2^8 ... 2^12, 2^14, 2^16) return the paper's levels. Any other
+  target follows this rule:
+
+  1. target <= 8: one channel with ``target`` levels.
+  2. Otherwise, among non-increasing tuples with every level in [5, 8] (the paper: L_i >= 5, smaller
+     is subpar), take the product closest to target in log scale; ties go to fewer channels, then to
+     the larger product.
+  3. If that product is more than 10% off, also consider tuples whose last level is in [2, 4] and take
+     the closest of all (same tie-breaks).
+
+  Args:
+    target: desired codebook size, an integer in [2, 2^31 - 1].
+
+  Returns:
+    levels, non-increasing.
+  """
+  if not isinstance(target, int | np.integer) or isinstance(target, bool) or not (2 <= target <= INT32_MAX):
+    raise ValueError(f"target must be an integer in [2, {INT32_MAX}], got {target!r}")
+  target = int(target)
+  if target in PAPER_LEVELS:
+    return PAPER_LEVELS[target]
+  if target <= 8:
+    return (target,)
+
+  def best(candidates):
+    def key(levels):
+      return (abs(math.log(math.prod(levels) / target)), len(levels), -math.prod(levels))
+
+    return min(candidates, key=key)
+
+  max_len = math.ceil(math.log(target, 5)) + 1
+  large = [
+    c
+    for n in range(1, max_len + 1)
+    for c in itertools.combinations_with_replacement(range(8, 4, -1), n)
+    if math.prod(c) <= INT32_MAX
+  ]
+  choice = best(large)
+  if abs(math.prod(choice) / target - 1) <= 0.1:
+    return choice
+  with_small = [(*c, s) for c in large for s in (4, 3, 2) if math.prod(c) * s <= INT32_MAX]
+  return best([*large, *with_small])
+
+
+def _constants(levels: tuple[int, ...], eps: float, symmetric: bool, dtype) -> dict[str, jax.Array]:
+  """Per-channel constants of the bound and the grid, computed in float64 then cast to dtype.
+
+  ``center`` is both the digit of code 0 and the divisor that maps rounded values to [-1, 1]:
+  L // 2 by default, (L - 1) / 2 for the symmetric grid.
+  """
+  L = np.asarray(levels, np.float64)
+  half_l = (L - 1) * (1 + eps) / 2
+  if symmetric:
+    offset = np.zeros_like(L)
+    center = (L - 1) / 2
+  else:
+    offset = np.where(np.asarray(levels) % 2 == 0, 0.5, 0.0)
+    center = np.floor(L / 2)
+  shift = np.arctanh(offset / half_l)
+  return {
+    "half_l": jnp.asarray(half_l, dtype),
+    "offset": jnp.asarray(offset, dtype),
+    "shift": jnp.asarray(shift, dtype),
+    "center": jnp.asarray(center, dtype),
+    "max_digit": jnp.asarray(L - 1, dtype),
+  }
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def bound(z: jax.Array, levels: Levels, eps: float = 1e-3, *, symmetric: bool = False) -> jax.Array:
+  """Bounds each channel to the range that rounds to ``levels[i]`` values.
+
+  Args:
+    z: (..., d) float array, d = len(levels).
+    levels: number of values per channel.
+    eps: widens the range by (1 + eps) so that L = 2 stays finite (see the module docstring).
+    symmetric: use the symmetric grid for even levels (no offset, no shift).
+
+  Returns:
+    (..., d) float32 (or wider, for float64 input): ``tanh(z + shift) * half_l - offset``.
+  """
+  levels = check_levels(levels)
+  eps = _check_eps(eps)
+  _check_width(z, levels, "z")
+  dtype = _compute_dtype(z.dtype)
+  c = _constants(levels, eps, symmetric, dtype)
+  return jnp.tanh(z.astype(dtype) + c["shift"]) * c["half_l"] - c["offset"]
+
+
+def quantize(z: jax.Array, levels: Levels, eps: float = 1e-3, *, symmetric: bool = False) -> jax.Array:
+  """Quantizes z to FSQ codes with straight-through gradients.
+
+  The forward value is the nearest grid point of ``bound(z)``, normalised to [-1, 1]; the gradient
+  with respect to z is ``bound'(z) / scale`` (scale = L // 2, or (L - 1) / 2 when symmetric).
+
+  Args:
+    z: (..., d) float array of any float dtype, d = len(levels).
+    levels: number of values per channel.
+    eps: see ``bound``.
+    symmetric: use the symmetric grid for even levels.
+
+  Returns:
+    codes: (..., d) in z's dtype, on the grid described in the module docstring.
+  """
+  levels = check_levels(levels)
+  eps = _check_eps(eps)
+  _check_width(z, levels, "z")
+  dtype = _compute_dtype(z.dtype)
+  c = _constants(levels, eps, symmetric, dtype)
+  bounded = jnp.tanh(z.astype(dtype) + c["shift"]) * c["half_l"] - c["offset"]
+  digits = jnp.clip(jnp.round(bounded + c["center"]), 0, c["max_digit"])
+  rounded = bounded + jax.lax.stop_gradient(digits - c["center"] - bounded)
+  return (rounded / c["center"]).astype(z.dtype)
+
+
+def _is_concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_range(values: jax.Array, high: jax.Array | int, name: str, what: str) -> None:
+  """Checks 0 <= values < high: eagerly for concrete input, with a checkify check when traced.
+
+  Under ``jax.jit`` the check is a no-op unless the function is wrapped in ``checkify.checkify``,
+  which then reports the first offending value.
+  """
+  if _is_concrete(values) and _is_concrete(high):
+    v = np.asarray(values)
+    h = np.broadcast_to(np.asarray(high), v.shape)
+    bad = (v < 0) | (v >= h)
+    if bad.any():
+      first = tuple(int(i) for i in np.argwhere(bad)[0])
+      raise ValueError(f"{name} must be {what}, got {v[first]} at position {first} (limit {h[first]})")
+    return
+  bad = (values < 0) | (values >= high)
+  first = jnp.argmax(bad.reshape(-1))
+  checkify.check(
+    ~jnp.any(bad),
+    f"{name} must be {what}, got {{value}} at flat position {{pos}}",
+    value=values.reshape(-1)[first],
+    pos=first,
+    debug=True,
+  )
+
+
+def codes_to_digits(codes: jax.Array, levels: Levels, *, symmetric: bool = False) -> jax.Array:
+  """Per-channel integer digits of FSQ codes.
+
+  Args:
+    codes: (..., d) codes on the grid of ``quantize`` (any float dtype).
+    levels: number of values per channel.
+    symmetric: the grid convention the codes were made with.
+
+  Returns:
+    (..., d) int32, digit i in [0, levels[i]). Codes off the grid round to the nearest digit; codes
+    outside [-1, 1] raise ValueError (eagerly) or fail a checkify check (under jit).
+  """
+  levels = check_levels(levels)
+  _check_width(codes, levels, "codes")
+  dtype = _compute_dtype(codes.dtype)
+  c = _constants(levels, 1e-3, symmetric, dtype)
+  digits = jnp.round(codes.astype(dtype) * c["center"] + c["center"]).astype(jnp.int32)
+  _check_range(digits, jnp.asarray(levels, jnp.int32), "codes", "on the FSQ grid in [-1, 1]")
+  return digits
+
+
+def digits_to_codes(
+  digits: jax.Array, levels: Levels, *, symmetric: bool = False, dtype=jnp.float32
+) -> jax.Array:
+  """Codes of integer digits: (..., d) int -> (..., d) ``dtype`` in [-1, 1]."""
+  levels = check_levels(levels)
+  _check_width(digits, levels, "digits")
+  _check_range(digits, jnp.asarray(levels, jnp.int32), "digits", "in [0, levels[i])")
+  c = _constants(levels, 1e-3, symmetric, jnp.float32)
+  return ((digits.astype(jnp.float32) - c["center"]) / c["center"]).astype(dtype)
+
+
+def _basis(levels: tuple[int, ...]) -> np.ndarray:
+  return np.cumprod((1, *levels[:-1])).astype(np.int32)
+
+
+def digits_to_indices(digits: jax.Array, levels: Levels) -> jax.Array:
+  """Mixed-radix indices of digits: (..., d) int -> (...) int32 in [0, codebook_size)."""
+  levels = check_levels(levels)
+  _check_width(digits, levels, "digits")
+  _check_range(digits, jnp.asarray(levels, jnp.int32), "digits", "in [0, levels[i])")
+  return jnp.sum(digits.astype(jnp.int32) * _basis(levels), axis=-1, dtype=jnp.int32)
+
+
+def indices_to_digits(indices: jax.Array, levels: Levels) -> jax.Array:
+  """Digits of mixed-radix indices: (...) int in [0, codebook_size) -> (..., d) int32.
+
+  Out-of-range indices raise ValueError when the input is concrete; under jit the check is a
+  checkify check (``checkify.checkify(fn)(...)`` reports it), never a silent wrap-around.
+  """
+  levels = check_levels(levels)
+  indices = jnp.asarray(indices)
+  if not jnp.issubdtype(indices.dtype, jnp.integer):
+    raise ValueError(f"indices must be an integer array, got dtype {indices.dtype}")
+  _check_range(indices, math.prod(levels), "indices", f"in [0, {math.prod(levels)})")
+  indices = indices.astype(jnp.int32)[..., None]
+  return (indices // _basis(levels)) % np.asarray(levels, np.int32)
+
+
+def codes_to_indices(codes: jax.Array, levels: Levels, *, symmetric: bool = False) -> jax.Array:
+  """Indices of FSQ codes: (..., d) codes -> (...) int32 in [0, codebook_size)."""
+  return digits_to_indices(codes_to_digits(codes, levels, symmetric=symmetric), levels)
+
+
+def indices_to_codes(
+  indices: jax.Array, levels: Levels, *, symmetric: bool = False, dtype=jnp.float32
+) -> jax.Array:
+  """Codes of indices: (...) int -> (..., d) ``dtype``; out-of-range indices are an error."""
+  return digits_to_codes(indices_to_digits(indices, levels), levels, symmetric=symmetric, dtype=dtype)
+
+
+def implicit_codebook(
+  levels: Levels, *, symmetric: bool = False, dtype=jnp.float32, max_codes: int = 2**24
+) -> jax.Array:
+  """The whole implicit codebook, built only when asked for: (codebook_size, d) ``dtype``.
+
+  Row i holds the codes of index i. Raises ValueError when the codebook has more than ``max_codes``
+  rows (2^24 rows of 8 channels are 512 MiB); raise the limit explicitly if that is what you want.
+  """
+  size = codebook_size(levels)
+  if size > max_codes:
+    raise ValueError(
+      f"levels = {list(levels)} give {size} codes, more than max_codes = {max_codes}; "
+      "pass a larger max_codes to build it anyway"
+    )
+  return indices_to_codes(jnp.arange(size, dtype=jnp.int32), levels, symmetric=symmetric, dtype=dtype)
+
+
+def _to_last(x: jax.Array, axis: int) -> jax.Array:
+  return jnp.moveaxis(x, axis, -1)
+
+
+def _from_last(x: jax.Array, axis: int) -> jax.Array:
+  return jnp.moveaxis(x, -1, axis)
+
+
+def _check_axis(x: jax.Array, axis: int, expected: int, what: str) -> None:
+  if not -x.ndim <= axis < x.ndim:
+    raise ValueError(f"channel_axis = {axis} is out of range for an input of shape {x.shape}")
+  if x.shape[axis] != expected:
+    raise ValueError(
+      f"input of shape {tuple(x.shape)} has {x.shape[axis]} channels on channel_axis = {axis}, "
+      f"but {what} = {expected}"
+    )
+
+
+def _check_module_fields(levels: Levels, num_codebooks: int, dim: int | None) -> tuple[int, ...]:
+  levels = check_levels(levels)
+  if not isinstance(num_codebooks, int) or num_codebooks < 1:
+    raise ValueError(f"num_codebooks must be an integer >= 1, got {num_codebooks!r}")
+  if dim is not None and (not isinstance(dim, int) or dim < 1):
+    raise ValueError(f"dim must be None or an integer >= 1, got {dim!r}")
+  return levels
+
+
+class FSQ(nn.Module):
+  """Finite scalar quantization layer.
+
+  There is no auxiliary loss, by design: FSQ has no codebook to learn (the grid is fixed), so there
+  is no codebook or commitment loss, and every code is reachable by construction, so no entropy
+  penalty is needed against collapse. The only training signal is the task loss, whose gradient
+  passes through the rounding unchanged (straight-through estimator).
+
+  Attributes:
+    levels: number of values per quantized channel; codebook size is their product.
+    num_codebooks: independent FSQ groups; the quantized width is ``num_codebooks * len(levels)``.
+    dim: width of inputs and outputs. When set and different from the quantized width, a Dense layer
+      projects in before quantizing and another projects back out. None: no projection, the input
+      must have exactly the quantized width.
+    channel_axis: the axis holding channels (-1 for NHWC, 1 for NCHW); never guessed from the rank.
+    symmetric: symmetric grid for even levels (see the module docstring).
+    eps: see ``bound``.
+  """
+
+  levels: Sequence[int]
+  num_codebooks: int = 1
+  dim: int | None = None
+  channel_axis: int = -1
+  symmetric: bool = False
+  eps: float = 1e-3
+
+  def setup(self):
+    self._levels = _check_module_fields(self.levels, self.num_codebooks, self.dim)
+    _check_eps(self.eps)
+    self.code_width = self.num_codebooks * len(self._levels)
+    self.projected = self.dim is not None and self.dim != self.code_width
+    if self.projected:
+      self.project_in = nn.Dense(self.code_width, name="project_in")
+      self.project_out = nn.Dense(self.dim, name="project_out")
+
+  @property
+  def codebook_size(self) -> int:
+    return codebook_size(self.levels)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes x.
+
+    Args:
+      x: float array with ``dim`` (or the quantized width) channels on ``channel_axis``.
+
+    Returns:
+      quantized: same shape and dtype as x.
+      aux: ``indices`` int32, shaped like x without the channel axis when num_codebooks == 1, else
+        with the codebook axis (size num_codebooks) in place of the channel axis; ``codes``, the
+        grid values before the output projection, with the quantized width on the channel axis.
+        No loss: see the class docstring.
+    """
+    width = self.dim if self.dim is not None else self.code_width
+    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "the quantized width")
+    z = _to_last(x, self.channel_axis)
+    if self.projected:
+      z = self.project_in(z)
+    z = z.reshape(*z.shape[:-1], self.num_codebooks, len(self._levels))
+    codes = quantize(z, self._levels, self.eps, symmetric=self.symmetric)
+    indices = codes_to_indices(jax.lax.stop_gradient(codes), self._levels, symmetric=self.symmetric)
+    codes = codes.reshape(*codes.shape[:-2], self.code_width)
+    out = self.project_out(codes) if self.projected else codes
+    return _from_last(out.astype(x.dtype), self.channel_axis), {
+      "indices": self._place_indices(indices),
+      "codes": _from_last(codes, self.channel_axis),
+    }
+
+  def _place_indices(self, indices: jax.Array) -> jax.Array:
+    if self.num_codebooks == 1:
+      return indices[..., 0]
+    return _from_last(indices, self.channel_axis)
+
+  def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Quantized vectors of indices (the inverse of ``__call__``'s indices), in ``dtype``."""
+    indices = _to_last(indices, self.channel_axis) if self.num_codebooks > 1 else indices[..., None]
+    codes = indices_to_codes(indices, self._levels, symmetric=self.symmetric, dtype=jnp.float32)
+    codes = codes.reshape(*codes.shape[:-2], self.code_width)
+    out = self.project_out(codes) if self.projected else codes
+    return _from_last(out.astype(dtype), self.channel_axis)
+
+
+class ResidualFSQ(nn.Module):
+  """Residual FSQ: stage k quantizes the remaining residual, scaled up by (L - 1)^k.
+
+  Stage k computes ``q_k = quantize(r_k / s_k) * s_k`` with ``s_k = (levels - 1) ** -k`` per channel and
+  ``r_{k+1} = r_k - stop_gradient(q_k)``; the output is ``sum_k q_k``. Each stage passes gradients
+  straight through. Decoding a truncated index stack (the first k stages) gives the coarser
+  approximation those stages make. No auxiliary loss, for the reasons given in ``FSQ``.
+
+  Attributes:
+    levels: levels of every stage.
+    num_stages: number of residual stages.
+    dim: input/output width; Dense projections in and out when it differs from len(levels).
+    channel_axis: the axis holding channels.
+    symmetric: symmetric grid for even levels.
+    eps: see ``bound``.
+  """
+
+  levels: Sequence[int]
+  num_stages: int
+  dim: int | None = None
+  channel_axis: int = -1
+  symmetric: bool = False
+  eps: float = 1e-3
+
+  def setup(self):
+    self._levels = _check_module_fields(self.levels, 1, self.dim)
+    _check_eps(self.eps)
+    if not isinstance(self.num_stages, int) or self.num_stages < 1:
+      raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
+    width = len(self._levels)
+    self.projected = self.dim is not None and self.dim != width
+    if self.projected:
+      self.project_in = nn.Dense(width, name="project_in")
+      self.project_out = nn.Dense(self.dim, name="project_out")
+
+  def _scales(self, num: int) -> jax.Array:
+    """(num, d) float32 stage scales (levels - 1) ** -k."""
+    L = np.asarray(self._levels, np.float64)
+    return jnp.asarray((L - 1) ** -np.arange(num)[:, None], jnp.float32)
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes x: returns (quantized like x, {"indices": int32 with a trailing stage axis}).
+
+    Indices have x's shape without the channel axis, plus a last axis of size num_stages.
+    """
+    width = self.dim if self.dim is not None else len(self._levels)
+    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "len(levels)")
+    z = _to_last(x, self.channel_axis)
+    if self.projected:
+      z = self.project_in(z)
+    residual = z.astype(_compute_dtype(z.dtype))
+    total = jnp.zeros_like(residual)
+    indices = []
+    for scale in self._scales(self.num_stages):
+      codes = quantize(residual / scale, self._levels, self.eps, symmetric=self.symmetric)
+      indices.append(codes_to_indices(jax.lax.stop_gradient(codes), self._levels, symmetric=self.symmetric))
+      stage = codes * scale
+      residual = residual - jax.lax.stop_gradient(stage)
+      total = total + stage
+    out = self.project_out(total) if self.projected else total
+    return _from_last(out.astype(x.dtype), self.channel_axis), {"indices": jnp.stack(indices, -1)}
+
+  def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Quantized vectors from (..., k) stage indices, k <= num_stages (the first k stages)."""
+    k = indices.shape[-1]
+    if not 1 <= k <= self.num_stages:
+      raise ValueError(
+        f"indices of shape {indices.shape} must have 1 to num_stages = {self.num_stages} stages last"
+      )
+    codes = indices_to_codes(indices, self._levels, symmetric=self.symmetric)
+    total = jnp.sum(codes * self._scales(k), axis=-2)
+    out = self.project_out(total) if self.projected else total
+    return _from_last(out.astype(dtype), self.channel_axis)
+
+
+def entropy_nats(p: jax.Array, axis: int = -1) -> jax.Array:
+  """Entropy in nats of distributions along ``axis``, with finite gradients where p = 0."""
+  tiny = jnp.finfo(p.dtype).tiny
+  return -jnp.sum(p * jnp.log(jnp.maximum(p, tiny)), axis=axis)
+
+
+def lfq_entropy_terms(z: jax.Array, temperature: float, group_bits: int) -> tuple[jax.Array, jax.Array]:
+  """Per-sample and codebook entropies (nats) of LFQ's soft code assignment.
+
+  The soft assignment of a vector z to the binary codes c in {-1, 1}^d is
+  ``softmax_c(-|z - c|^2 / temperature)``, which factorises over channels: channel i is +1 with
+  probability ``sigmoid(4 z_i / temperature)``. The per-sample entropy is therefore exact for any d.
+  The entropy of the batch-averaged assignment is computed exactly within groups of ``group_bits``
+  consecutive channels and summed over groups (exact when d <= group_bits; otherwise an upper bound
+  that treats groups as independent).
+
+  Args:
+    z: (n, d) float32 pre-quantization values.
+    temperature: softmax temperature.
+    group_bits: channels per group for the codebook entropy.
+
+  Returns:
+    per_sample_entropy: scalar, mean over the n vectors.
+    codebook_entropy: scalar.
+  """
+  logits = 4.0 * z / temperature
+  p = jax.nn.sigmoid(logits)
+  log_on, log_off = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
+  per_sample = -jnp.mean(jnp.sum(p * log_on + (1 - p) * log_off, axis=-1))
+  codebook = jnp.zeros((), p.dtype)
+  d = z.shape[-1]
+  for start in range(0, d, group_bits):
+    g = min(group_bits, d - start)
+    bits = ((np.arange(2**g)[None, :] >> np.arange(g)[:, None]) & 1).astype(np.float32)  # (g, 2^g)
+    log_probs = jnp.matmul(log_on[:, start : start + g], bits, precision=_HIGHEST) + jnp.matmul(
+      log_off[:, start : start + g], 1 - bits, precision=_HIGHEST
+    )
+    mean = jnp.mean(jnp.exp(log_probs), axis=0)
+    codebook = codebook + entropy_nats(mean)
+  return per_sample, codebook
+
+
+class LFQ(nn.Module):
+  """Lookup-free quantization (MAGVIT-v2): each channel is quantized to {-1, +1} by its sign.
+
+  The index of a code is the binary number whose bit i is (channel i > 0); it equals the FSQ index of
+  ``levels = [2] * d`` with the symmetric grid. Unlike FSQ, LFQ needs an auxiliary loss: the entropy
+  penalty ``per_sample_entropy - diversity_weight * codebook_entropy`` (confident assignments, all codes
+  used), plus a commitment loss pulling z toward its code.
+
+  Attributes:
+    num_bits: quantized channels d; the codebook has 2^d codes.
+    dim: input/output width; Dense projections in and out when it differs from num_bits.
+    channel_axis: the axis holding channels.
+    entropy_loss_weight: weight of the entropy penalty.
+    diversity_weight: weight of the codebook-entropy term inside the penalty.
+    commitment_loss_weight: weight of ``mean((z - stop_gradient(codes))^2)``.
+    temperature: softmax temperature of the soft assignment.
+    entropy_group_bits: channels per group for the codebook entropy (see ``lfq_entropy_terms``).
+  """
+
+  num_bits: int
+  dim: int | None = None
+  channel_axis: int = -1
+  entropy_loss_weight: float = 0.1
+  diversity_weight: float = 1.0
+  commitment_loss_weight: float = 0.25
+  temperature: float = 0.01
+  entropy_group_bits: int = 10
+
+  def setup(self):
+    if not isinstance(self.num_bits, int) or not 1 <= self.num_bits <= 31:
+      raise ValueError(f"num_bits must be an integer in [1, 31], got {self.num_bits!r}")
+    if not isinstance(self.entropy_group_bits, int) or not 1 <= self.entropy_group_bits <= 16:
+      raise ValueError(f"entropy_group_bits must be an integer in [1, 16], got {self.entropy_group_bits!r}")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+    _check_module_fields([2] * self.num_bits, 1, self.dim)
+    self.projected = self.dim is not None and self.dim != self.num_bits
+    if self.projected:
+      self.project_in = nn.Dense(self.num_bits, name="project_in")
+      self.project_out = nn.Dense(self.dim, name="project_out")
+
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes x.
+
+    Returns:
+      quantized: like x.
+      aux: ``indices`` (int32, x's shape without the channel axis), ``loss`` (the weighted sum), and
+        its parts ``entropy_loss``, ``per_sample_entropy``, ``codebook_entropy``, ``commitment_loss``.
+    """
+    width = self.dim if self.dim is not None else self.num_bits
+    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "num_bits")
+    z = _to_last(x, self.channel_axis)
+    if self.projected:
+      z = self.project_in(z)
+    z = z.astype(_compute_dtype(z.dtype))
+    codes = jnp.where(z > 0, 1.0, -1.0).astype(z.dtype)
+    quantized = z + jax.lax.stop_gradient(codes - z)
+    indices = digits_to_indices((codes > 0).astype(jnp.int32), [2] * self.num_bits)
+    flat = z.reshape(-1, self.num_bits)
+    per_sample, codebook = lfq_entropy_terms(flat, self.temperature, self.entropy_group_bits)
+    entropy_loss = per_sample - self.diversity_weight * codebook
+    commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(codes)))
+    loss = self.entropy_loss_weight * entropy_loss + self.commitment_loss_weight * commitment
+    out = self.project_out(quantized) if self.projected else quantized
+    return _from_last(out.astype(x.dtype), self.channel_axis), {
+      "indices": indices,
+      "loss": loss,
+      "entropy_loss": entropy_loss,
+      "per_sample_entropy": per_sample,
+      "codebook_entropy": codebook,
+      "commitment_loss": commitment,
+    }
+
+  def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Quantized vectors of indices: (...) int -> x-like ``dtype`` array."""
+    codes = indices_to_codes(indices, [2] * self.num_bits, symmetric=True)
+    out = self.project_out(codes) if self.projected else codes
+    return _from_last(out.astype(dtype), self.channel_axis)
