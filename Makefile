@@ -1,11 +1,12 @@
 # Two commands on a fresh machine: `make demo` (the main job) and `make test` (the test suite).
-# Each creates .venv and installs the package with its dev extras when needed.
+# Each creates .venv, installs the package with its dev extras, and installs the offline dataset when needed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test lint benchmark
+.PHONY: demo test lint benchmark data
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,13 +14,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Real Fashion-MNIST from the Debian package dataset-fashion-mnist (no download at run time).
+data:
+	@test -f $(FASHION_MNIST) || scripts/install_fashion_mnist.sh
+
+demo: $(STAMP) data
 	$(PY) -m scripts.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint data
 	$(PY) -m pytest tests
 
 benchmark: $(STAMP)

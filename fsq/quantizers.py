@@ -215,7 +215,11 @@ def quantize(z: jax.Array, levels: Levels, eps: float = 1e-3, *, symmetric: bool
   dtype = _compute_dtype(z.dtype)
   c = _constants(levels, eps, symmetric, dtype)
   bounded = jnp.tanh(z.astype(dtype) + c["shift"]) * c["half_l"] - c["offset"]
-  digits = jnp.clip(jnp.round(bounded + c["center"]), 0, c["max_digit"])
+  digits = jnp.round(bounded + c["center"])
+  if eps * (max(levels) - 1) >= 1:
+    # Only here can |bounded| reach a rounding boundary outside the grid; the clip costs ~40% of
+    # the forward time on CPU, so it is added only when it can matter.
+    digits = jnp.clip(digits, 0, c["max_digit"])
   rounded = bounded + jax.lax.stop_gradient(digits - c["center"] - bounded)
   return (rounded / c["center"]).astype(z.dtype)
 

@@ -117,6 +117,17 @@ def test_two_levels_are_finite_and_give_minus_one_and_zero():
   np.testing.assert_array_equal(np.asarray(q.quantize(z, [2], symmetric=True))[:, 0], [-1, -1, -1, 1, 1])
 
 
+def test_large_levels_stay_in_range():
+  z = jnp.asarray([[-30.0, -30.0, -30.0], [30.0, 30.0, 30.0], [0.0, 0.0, 0.0]])
+  for eps in (1e-3, 0.5):
+    codes = np.asarray(q.quantize(z, [2001, 1001, 16], eps=eps))
+    assert np.all(np.abs(codes) <= 1.0)
+    np.testing.assert_array_equal(codes[0], -1.0)
+    np.testing.assert_array_equal(
+      q.codes_to_indices(jnp.asarray(codes), [2001, 1001, 16])[:2], [0, 2001 * 1001 * 16 - 1]
+    )
+
+
 def test_zero_maps_to_code_zero_for_every_level():
   for L in range(2, 40):
     assert float(q.quantize(jnp.zeros((1, 1)), [L])[0, 0]) == 0.0

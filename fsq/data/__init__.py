@@ -1,0 +1,1 @@
+"""Datasets: offline readers and (later) TFDS builders and Grain pipelines."""
