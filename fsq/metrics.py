@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 MAX_DENSE_CODES = 2**24
@@ -51,6 +52,28 @@ def usage_statistics(counts: np.ndarray) -> dict[str, float]:
     "zeros_ratio": float((counts == 0).mean()),
     "count": float(total),
   }
+
+
+def code_counts(
+  indices: jax.Array, codebook_size: int, num_groups: int = 1, weights: jax.Array | None = None
+) -> jax.Array:
+  """Counts of each code, per group, inside jit: the device-side half of ``CodebookUsage``.
+
+  Args:
+    indices: int array; with one group any shape (B, ...), with G groups (B, ..., G).
+    codebook_size: K.
+    num_groups: G.
+    weights: optional (B,) per-example weights (0 for padding examples).
+
+  Returns:
+    (G, K) int32 counts; under jit with a sharded batch they are global.
+  """
+  idx = indices.reshape(indices.shape[0], -1, num_groups)
+  w = jnp.ones(idx.shape[0], jnp.int32) if weights is None else weights.astype(jnp.int32)
+  w = jnp.broadcast_to(w[:, None, None], idx.shape)
+  flat = (idx + jnp.arange(num_groups, dtype=idx.dtype) * codebook_size).reshape(-1)
+  counts = jnp.zeros((num_groups * codebook_size,), jnp.int32).at[flat].add(w.reshape(-1))
+  return counts.reshape(num_groups, codebook_size)
 
 
 def _check_size(name: str, value: int, low: int, high: int) -> int:
@@ -112,6 +135,14 @@ class CodebookUsage:
     offsets = np.arange(self.num_groups, dtype=np.int64) * self.codebook_size
     flat = (idx + offsets).reshape(-1)
     self.counts += np.bincount(flat, minlength=self.counts.size).reshape(self.counts.shape)
+    return self
+
+  def add_counts(self, counts) -> CodebookUsage:
+    """Adds (num_groups, codebook_size) counts (for example from ``code_counts``) in place."""
+    counts = np.asarray(jax.device_get(counts))
+    if counts.shape != self.counts.shape or (counts < 0).any():
+      raise ValueError(f"counts must be non-negative of shape {self.counts.shape}, got {counts.shape}")
+    self.counts += counts.astype(np.int64)
     return self
 
   def merge(self, other: CodebookUsage) -> CodebookUsage:

@@ -17,7 +17,9 @@ Distances are ``|z|^2 - 2 z.C + |C|^2`` with a matmul, in chunks of rows so that
 materialises N x K floats at once. The EMA state lives in the ``vq_stats`` collection (pass
 ``mutable=["vq_stats"]`` and an rng named ``vq`` when training with splitting or reseeding). Under
 ``jax.jit`` with a batch sharded over a mesh, sums over the batch are global by construction; inside
-``shard_map``/``pmap`` set ``axis_name`` and the statistics are ``psum``-ed over that axis.
+``shard_map``/``pmap`` set ``axis_name`` and the statistics are ``psum``-ed over that axis. The entropy
+penalty's average distribution is likewise over the global batch under jit (MaskGIT, under pmap,
+averaged per device).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsq.quantizers import entropy_nats
+from fsq.quantizers import check_in_range, entropy_nats
 
 STATS = "vq_stats"
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -130,6 +132,10 @@ def split_most_frequent(
 ) -> tuple[jax.Array, jax.Array]:
   """UViM's splitting: while any count is below min_count, split the most frequent code in two.
 
+  At most k splits happen per call: a split moves counts, it never adds any, so when the total count is
+  below k * min_count no number of splits would lift every code above the threshold (big_vision's
+  loop then never ends; with small batches and large codebooks that happens).
+
   Each split replaces the least frequent code by a copy of the most frequent codeword, multiplied by
   uniform noise in [1 - perturbation, 1 + perturbation] per channel, and halves both codes' counts and
   sums (the two codewords, sums / counts, keep their directions).
@@ -145,19 +151,25 @@ def split_most_frequent(
     (sums, counts) after splitting.
   """
 
+  max_splits = counts.shape[0]
+
   def cond(state):
-    return jnp.any(state[2] < min_count)
+    return jnp.any(state[2] < min_count) & (state[3] < max_splits)
 
   def body(state):
-    rng, e, c = state
+    rng, e, c, n = state
     rng, key = jax.random.split(rng)
     hi, lo = jnp.argmax(c), jnp.argmin(c)
     noise = jax.random.uniform(key, e.shape[1:], e.dtype, 1 - perturbation, 1 + perturbation)
-    e = e.at[lo].set(e[hi] * noise / 2).at[hi].set(e[hi] / 2)
-    c = c.at[lo].set(c[hi] / 2).at[hi].set(c[hi] / 2)
-    return rng, e, c
+    # Sequential updates, as in big_vision (they differ from simultaneous ones only when hi == lo).
+    e = e.at[lo].set(e[hi] * noise)
+    c = c.at[lo].set(c[hi] / 2)
+    c = c.at[hi].set(c[hi] / 2)
+    e = e.at[lo].set(e[lo] / 2)
+    e = e.at[hi].set(e[hi] / 2)
+    return rng, e, c, n + 1
 
-  _, sums, counts = jax.lax.while_loop(cond, body, (rng, sums, counts))
+  _, sums, counts, _ = jax.lax.while_loop(cond, body, (rng, sums, counts, jnp.zeros((), jnp.int32)))
   return sums, counts
 
 
@@ -380,8 +392,15 @@ class VectorQuantizer(nn.Module):
     self.sums.value, self.counts.value = sums, counts
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """Codewords of indices: (...) int -> (..., dim) with channels moved to ``channel_axis``."""
-    e = self.codebook()[indices]
+    """Codewords of indices: (...) int -> (..., dim) with channels moved to ``channel_axis``.
+
+    Out-of-range indices raise ValueError (concrete input) or fail a checkify check and decode to NaN
+    (under jit); they are never clamped to a valid codeword.
+    """
+    check_in_range(indices, self.codebook_size, "indices", f"in [0, {self.codebook_size})")
+    indices = jnp.asarray(indices)
+    valid = (indices >= 0) & (indices < self.codebook_size)
+    e = jnp.where(valid[..., None], self.codebook()[jnp.clip(indices, 0, self.codebook_size - 1)], jnp.nan)
     return jnp.moveaxis(e, -1, self.channel_axis).astype(dtype)
 
 

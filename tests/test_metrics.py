@@ -64,3 +64,13 @@ def test_bad_indices_and_sizes_raise_value_error():
     metrics.CodebookUsage.create(10, num_groups=2).add(np.zeros((4, 3), np.int32))
   with pytest.raises(ValueError, match="merge"):
     usage.merge(metrics.CodebookUsage.create(11))
+
+
+def test_device_code_counts_equal_host_counting_with_padding_weights():
+  rng = np.random.default_rng(0)
+  idx = rng.integers(0, 7, size=(6, 3, 3, 2))
+  weights = np.asarray([1, 1, 0, 1, 0, 1])
+  counts = metrics.code_counts(jnp.asarray(idx), 7, num_groups=2, weights=jnp.asarray(weights))
+  host = metrics.CodebookUsage.create(7, num_groups=2).add(idx[weights == 1])
+  np.testing.assert_array_equal(counts, host.counts)
+  np.testing.assert_array_equal(metrics.CodebookUsage.create(7, 2).add_counts(counts).counts, host.counts)

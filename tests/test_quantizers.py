@@ -342,3 +342,36 @@ def test_lfq_loss_is_the_weighted_sum_and_has_gradients():
   assert float(jnp.abs(grads["project_in"]["kernel"]).sum()) > 0
   with pytest.raises(ValueError, match="num_bits"):
     q.LFQ(num_bits=40).init(jax.random.key(0), z)
+
+
+def test_non_finite_and_wrongly_typed_inputs_never_become_valid_indices():
+  levels = [8, 5, 5, 5]
+  nan_row = jnp.asarray([[np.nan, 0.0, 0.0, 0.0]])
+  with pytest.raises(ValueError, match="finite"):
+    q.codes_to_indices(nan_row, levels)
+  _, indices = jax.jit(lambda z: q.quantize_with_indices(z, levels))(nan_row)
+  np.testing.assert_array_equal(indices, [-1])
+  _, aux = q.FSQ(levels=levels).apply({}, nan_row)
+  np.testing.assert_array_equal(aux["indices"], [-1])
+  codes = jax.jit(lambda i: q.indices_to_codes(i, levels))(jnp.asarray([1000, -3, 7]))
+  assert np.all(np.isnan(codes[:2])) and not np.any(np.isnan(codes[2]))
+  with pytest.raises(ValueError, match="4294967301"):
+    q.indices_to_codes(np.asarray([2**32 + 5], np.int64), levels)
+  with pytest.raises(ValueError, match="integer"):
+    q.digits_to_indices(jnp.asarray([[2.7, 0.0, 0.0, 0.0]]), levels)
+  with pytest.raises(ValueError, match="floating-point"):
+    q.quantize(jnp.asarray([[3, -3, 0, 0]]), levels)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_module_indices_in_low_precision_match_float64_reference_for_large_levels(dtype):
+  """Codes like k / 500 do not survive a cast to bf16; the module's indices come from f32 digits."""
+  levels = [1001, 600]
+  z = jnp.asarray(jax.random.normal(jax.random.key(8), (4096, 2)), dtype)
+  _, aux = q.FSQ(levels=levels).apply({}, z)
+  z64 = np.asarray(z.astype(jnp.float32), np.float64)
+  ok = far_from_rounding_boundary(z64, levels, symmetric=False)
+  digits = np.round(ref.bound(z64, levels) + ref.grid_step_divisor(levels)).astype(np.int64)
+  expected = digits[:, 0] + 1001 * digits[:, 1]
+  np.testing.assert_array_equal(np.asarray(aux["indices"])[ok], expected[ok])
+  assert ok.mean() > 0.95

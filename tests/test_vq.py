@@ -83,15 +83,18 @@ def test_chunked_entropy_penalty_equals_unchunked_with_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def _np_split(sums, counts, min_count):
+def _np_split(sums, counts, min_count, max_splits=None):
   """Numpy reference of splitting with zero perturbation."""
   sums, counts = sums.copy(), counts.copy()
-  while (counts < min_count).any():
+  splits = 0
+  while (counts < min_count).any() and (max_splits is None or splits < max_splits):
+    splits += 1
     hi, lo = counts.argmax(), counts.argmin()
-    sums[lo] = sums[hi] / 2
-    sums[hi] = sums[hi] / 2
+    sums[lo] = sums[hi]
     counts[lo] = counts[hi] / 2
     counts[hi] = counts[hi] / 2
+    sums[lo] = sums[lo] / 2
+    sums[hi] = sums[hi] / 2
   return sums, counts
 
 
@@ -252,3 +255,23 @@ def test_large_codebook_does_not_materialise_all_distances():
   compiled = jax.jit(functools.partial(vq.nearest_codes, max_elements=2**20)).lower(z, c).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < 2**28, temp  # the full 2^28-float distance matrix would need 2^30 bytes
+
+
+def test_splitting_stops_after_k_splits_when_counts_cannot_all_reach_the_threshold():
+  counts = jnp.full((16,), 1e-3).at[0].set(1.0)  # total 1.015 < 16 * 0.1: the loop could never finish
+  sums = jnp.ones((16, 2))
+  split = jax.jit(lambda s, c: vq.split_most_frequent(jax.random.key(0), s, c, 0.1, 0.0))
+  new_sums, new_counts = split(sums, counts)
+  exp_sums, exp_counts = _np_split(np.asarray(sums, np.float64), np.asarray(counts, np.float64), 0.1, 16)
+  np.testing.assert_allclose(new_counts, exp_counts, rtol=1e-6)
+  np.testing.assert_allclose(new_sums, exp_sums, rtol=1e-6)
+
+
+def test_vq_decode_rejects_out_of_range_indices():
+  module = vq.VectorQuantizer(4, 2)
+  variables = module.init(jax.random.key(0), jnp.zeros((1, 2)))
+  with pytest.raises(ValueError, match=r"\[0, 4\), got 4"):
+    module.apply(variables, jnp.asarray([0, 4]), method=module.decode)
+  decoded = jax.jit(lambda i: module.apply(variables, i, method=module.decode))(jnp.asarray([-1, 3, 99]))
+  assert np.all(np.isnan(decoded[0])) and np.all(np.isnan(decoded[2]))
+  np.testing.assert_array_equal(decoded[1], variables["params"]["codebook"][3])

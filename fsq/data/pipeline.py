@@ -1,0 +1,255 @@
+"""Grain input pipelines over random-access sources: shuffle, shard per process, decode, augment, batch.
+
+A loader yields ``{"image": float32 (B, H, W, C) in [-1, 1], "label": int32 (B,)}`` with B the
+per-process batch. The batches are a pure function of the source and the loader's arguments
+(worker_count included), so a resumed run sees exactly the batches it would have seen. Save and restore the
+iterator with orbax next to the train state (grain registers these args when orbax is installed):
+
+  iterator = iter(loader)
+  manager = ocp.CheckpointManager(directory)
+  manager.save(step, args=ocp.args.Composite(
+    state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)))
+  # later, in a fresh run with a loader made by the same call:
+  iterator = iter(make_loader(...))
+  manager.restore(step, args=ocp.args.Composite(
+    state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator)))
+
+Each process writes its own ``process_<i>-of-<n>.json``. Without orbax, ``iterator.get_state()`` (bytes)
+and ``iterator.set_state(state)`` do the same. A restored loader must have the same sampler, source
+and worker_count (grain checks this).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags, logging
+from PIL import Image
+
+RESIZE_MODES = ("pad", "crop")
+_PIL_MODES = {1: "L", 3: "RGB"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+  """Random access to examples ``{"image": encoded bytes or uint8 (H, W[, C]), "label": int}``.
+
+  Items are ``{"image", "label", "record_key"}`` with the image still undecoded; `image_shape` is the
+  expected decoded shape (H, W, C), None for a size that varies.
+  """
+
+  examples: Sequence[dict[str, Any]]
+  image_shape: tuple[int | None, int | None, int]
+
+  def __len__(self) -> int:
+    return len(self.examples)
+
+  def __getitem__(self, record_key: int) -> dict[str, Any]:
+    example = self.examples[record_key]
+    return {"image": example["image"], "label": example["label"], "record_key": int(record_key)}
+
+  def __repr__(self) -> str:  # Grain compares it on restore; a list would print all its data.
+    examples = self.examples
+    name = f"{type(examples).__name__} of {len(examples)}" if isinstance(examples, list | tuple) else examples
+    return f"ImageSource({name!s}, image_shape={self.image_shape})"
+
+
+def tfds_source(builder: tfds.core.DatasetBuilder, split: str) -> ImageSource:
+  """The split of a prepared array_record TFDS dataset, images left encoded for the pipeline to decode."""
+  examples = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  return ImageSource(examples, tuple(builder.info.features["image"].shape))
+
+
+class SkipLog:
+  """A file of skipped examples (``record_key<TAB>reason`` per line), shared by all worker processes.
+
+  Appends are single small writes, so workers can add lines concurrently. The file outlives the
+  loader: a resumed run keeps appending, and an example skipped again (next epoch) is listed again.
+  Readers run ahead of training by the prefetch buffers, so the log may list examples of batches not
+  yet consumed.
+  """
+
+  def __init__(self, path: str | Path):
+    self.path = Path(path)
+
+  def add(self, record_key: int, reason: str) -> None:
+    with self.path.open("a") as f:
+      f.write(f"{record_key}\t{reason}\n")
+
+  def record_keys(self) -> list[int]:
+    if not self.path.exists():
+      return []
+    return [int(line.split("\t", 1)[0]) for line in self.path.read_text().splitlines()]
+
+  def __len__(self) -> int:
+    return len(self.record_keys())
+
+
+def decode_image(image: bytes | np.ndarray, channels: int) -> np.ndarray:
+  """uint8 (H, W, channels) from PNG/JPEG bytes or a uint8 (H, W) / (H, W, C) array."""
+  if isinstance(image, bytes):
+    with Image.open(io.BytesIO(image)) as pil:
+      if channels in _PIL_MODES and pil.mode != _PIL_MODES[channels]:
+        pil = pil.convert(_PIL_MODES[channels])
+      image = np.asarray(pil)
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f"image dtype must be uint8, got {image.dtype}")
+  return image[..., None] if image.ndim == 2 else image
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decode(grain.transforms.Map):
+  image_shape: tuple[int | None, int | None, int]
+  skip_log: SkipLog | None
+
+  def map(self, example: dict[str, Any]) -> dict[str, Any] | None:
+    key = example["record_key"]
+    try:
+      image = decode_image(example["image"], self.image_shape[-1])
+      if image.ndim != 3 or any(
+        e not in (None, s) for e, s in zip(self.image_shape, image.shape, strict=True)
+      ):
+        raise ValueError(f"image shape must be {self.image_shape}, got {image.shape}")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's errors.
+      reason = f"{type(error).__name__}: {error}"
+      if self.skip_log is None:
+        raise ValueError(f"bad example with record_key {key}: {reason}") from error
+      logging.warning("skipping bad example with record_key %d: %s", key, reason)
+      self.skip_log.add(key, reason)
+      return None
+    return {"image": image, "label": example["label"]}
+
+
+class _IsDecoded(grain.transforms.Filter):
+  def filter(self, example: dict[str, Any] | None) -> bool:
+    return example is not None
+
+
+def resize_image(image: np.ndarray, image_size: int, resize_mode: str) -> np.ndarray:
+  """uint8 (H, W, C) -> (image_size, image_size, C).
+
+  'pad' centres the image on zero pixels (28 -> 32 adds 2 rows and columns on each side; it needs
+  H, W <= image_size); 'crop' resizes the shorter side to image_size (bicubic, antialiased) and
+  keeps the centre square.
+  """
+  height, width, channels = image.shape
+  if resize_mode == "pad":
+    if height > image_size or width > image_size:
+      raise ValueError(f"resize_mode 'pad' needs images of at most {image_size}, got {image.shape}")
+    top, left = (image_size - height) // 2, (image_size - width) // 2
+    out = np.zeros((image_size, image_size, channels), np.uint8)
+    out[top : top + height, left : left + width] = image
+    return out
+  scale = image_size / min(height, width)
+  new_height, new_width = max(image_size, round(height * scale)), max(image_size, round(width * scale))
+  pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+  resized = np.asarray(pil.resize((new_width, new_height), Image.Resampling.BICUBIC)).reshape(
+    new_height, new_width, channels
+  )
+  top, left = (new_height - image_size) // 2, (new_width - image_size) // 2
+  return resized[top : top + image_size, left : left + image_size]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resize(grain.transforms.Map):
+  image_size: int
+  resize_mode: str
+
+  def map(self, example: dict[str, Any]) -> dict[str, Any]:
+    return {**example, "image": resize_image(example["image"], self.image_size, self.resize_mode)}
+
+
+class _RandomFlip(grain.transforms.RandomMap):
+  """Mirrors left-right with probability 1/2; grain seeds rng from the seed and the stream position."""
+
+  def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    return {**example, "image": example["image"][:, ::-1]} if rng.random() < 0.5 else example
+
+
+class _Scale(grain.transforms.Map):
+  """uint8 pixels p -> float32 (p - 127.5) / 127.5 in [-1, 1]; labels -> int32."""
+
+  def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
+    image = (example["image"].astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+    return {"image": image, "label": np.int32(example["label"])}
+
+
+def make_loader(
+  source: ImageSource,
+  *,
+  batch_size_per_process: int,
+  seed: int,
+  shuffle: bool,
+  num_epochs: int | None,
+  image_size: int | None,
+  resize_mode: str,
+  random_flip: bool,
+  worker_count: int,
+  read_threads: int,
+  prefetch_buffer_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  skip_log: SkipLog | None = None,
+  drop_remainder: bool = True,
+) -> grain.DataLoader:
+  """A grain loader over this process's shard of `source`, yielding dicts of numpy batches.
+
+  Batches are ``{"image": float32 (batch_size_per_process, S, S, C) in [-1, 1], "label": int32
+  (batch_size_per_process,)}`` with S = image_size (the source's fixed size when None; resize_mode
+  'pad' or 'crop' as in `resize_image`). Each process reads a disjoint 1/process_count of the records
+  (default: this JAX process's share), shuffled by `seed` afresh each epoch; num_epochs None repeats
+  forever. Flips depend only on seed and stream position. worker_count 0 transforms in this process,
+  > 0 in that many worker processes (batches then differ from worker_count 0, as each worker batches
+  its own records). read_threads and prefetch_buffer_size set grain's per-process reading threads and
+  element buffer. A bad example (undecodable, wrong shape) raises ValueError naming its record_key,
+  unless skip_log is given: then it is dropped and written there. drop_remainder also drops the
+  records beyond an equal share per process.
+  """
+  checks = {
+    "batch_size_per_process": (batch_size_per_process, batch_size_per_process >= 1),
+    "seed": (seed, 0 <= seed < 2**32),
+    "num_epochs": (num_epochs, num_epochs is None or num_epochs >= 1),
+    "image_size": (image_size, image_size is None or image_size >= 1),
+    "resize_mode": (resize_mode, resize_mode in RESIZE_MODES),
+    "worker_count": (worker_count, worker_count >= 0),
+  }
+  for field, (value, ok) in checks.items():
+    if not ok:
+      raise ValueError(f"{field} is out of range, got {value!r}")
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+  if image_size is None and None in source.image_shape:
+    raise ValueError(f"image_size is needed for images of varying shape {source.image_shape}, got None")
+  if worker_count > 0 and not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # grain <= 0.2.18 reads an absl flag to start workers (google/grain#1355).
+  shard_options = grain.sharding.ShardOptions(process_index, process_count, drop_remainder=drop_remainder)
+  sampler = grain.samplers.IndexSampler(
+    num_records=len(source), shard_options=shard_options, shuffle=shuffle, num_epochs=num_epochs, seed=seed
+  )
+  operations: list[Any] = [_Decode(source.image_shape, skip_log)]
+  if skip_log is not None:
+    operations.append(_IsDecoded())
+  if image_size is not None:
+    operations.append(_Resize(image_size, resize_mode))
+  if random_flip:
+    operations.append(_RandomFlip())
+  operations += [_Scale(), grain.transforms.Batch(batch_size_per_process, drop_remainder=drop_remainder)]
+  return grain.DataLoader(
+    data_source=source,
+    sampler=sampler,
+    operations=operations,
+    worker_count=worker_count,
+    shard_options=shard_options,
+    read_options=grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size),
+  )

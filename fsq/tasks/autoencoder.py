@@ -1,0 +1,85 @@
+"""The autoencoder task: L2 reconstruction through any quantizer, for the generic training loop.
+
+A task is what a model family gives the loop (fsq/train/loop.py): ``init`` (a TrainState from an rng
+and an example batch), ``train_step``, ``eval_step`` (per-batch sums over valid examples, plus code
+counts), ``summarize`` (sums -> scalars), ``reconstruct`` (images to log), and the codebook shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fsq.metrics import code_counts
+from fsq.models.autoencoder import Autoencoder, codebook_shape
+from fsq.train.state import TrainState, apply_gradients
+
+_SCALAR_AUX = (
+  "loss",
+  "codebook_loss",
+  "commitment_loss",
+  "entropy_loss",
+  "per_sample_entropy",
+  "codebook_entropy",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderTask:
+  """L2 autoencoder training. Batches are dicts with ``image`` float32 (B, H, W, C) in [-1, 1] and,
+  in evaluation, ``mask`` float32 (B,) (1 for real examples, 0 for padding)."""
+
+  model: Autoencoder
+  optimizer: optax.GradientTransformation
+
+  @property
+  def codebook_shape(self) -> tuple[int, int]:
+    return codebook_shape(self.model.quantizer)
+
+  def init(self, rng: jax.Array, batch: dict) -> TrainState:
+    variables = dict(self.model.init({"params": rng}, batch["image"], train=False))
+    params = variables.pop("params")
+    return TrainState.create(params, variables, self.optimizer)
+
+  def _loss(self, params, model_state, batch, rng):
+    images = batch["image"]
+    (recon, aux), new_model_state = self.model.apply(
+      {"params": params, **model_state},
+      images,
+      train=True,
+      mutable=list(model_state),
+      rngs={"vq": rng},
+    )
+    mse = jnp.mean(jnp.square(recon.astype(jnp.float32) - images))
+    loss = mse + aux.get("loss", 0.0)
+    metrics = {"mse": mse, **{f"quantizer/{k}": aux[k] for k in _SCALAR_AUX if k in aux}}
+    return loss, (metrics, dict(new_model_state))
+
+  def train_step(self, state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+    return apply_gradients(state, self._loss, batch, rng)
+
+  def eval_step(self, state: TrainState, batch: dict) -> dict[str, jax.Array]:
+    """Sums over the valid examples of the batch: squared error, example count, code counts."""
+    images, mask = batch["image"], batch["mask"]
+    recon, aux = self.model.apply({"params": state.params, **state.model_state}, images, train=False)
+    per_example = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - images), axis=(1, 2, 3))
+    size, groups = self.codebook_shape
+    return {
+      "squared_error": jnp.sum(per_example * mask),
+      "count": jnp.sum(mask),
+      "code_counts": code_counts(aux["indices"], size, groups, weights=mask),
+    }
+
+  def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+    mse = float(sums["squared_error"] / max(float(sums["count"]), 1.0))
+    # Images live in [-1, 1]: the peak-to-peak range is 2.
+    return {"mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-12)))}
+
+  def reconstruct(self, state: TrainState, batch: dict) -> jax.Array:
+    """Reconstructions (B, H, W, C) in [-1, 1] of ``batch["image"]``."""
+    recon, _ = self.model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+    return jnp.clip(recon, -1, 1)

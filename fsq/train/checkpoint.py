@@ -1,0 +1,69 @@
+"""Checkpoints with orbax: the training state and the data iterator, saved atomically and asynchronously.
+
+orbax writes each step into a temporary directory and renames it when complete, so a run killed in the
+middle of a save leaves the previous checkpoint as the latest readable one; temporary directories are
+ignored on restore. Restoring takes the target shardings, so a run can resume on a different mesh.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def abstract_with_shardings(abstract_state, shardings):
+  """ShapeDtypeStructs carrying the target shardings, for restoring onto a (possibly new) mesh."""
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+  )
+
+
+class Checkpointer:
+  """Saves and restores ``state`` (a pytree of global arrays) and a Grain data iterator per step.
+
+  Args:
+    directory: where the step directories go (created if missing).
+    max_to_keep: keep the newest max_to_keep checkpoints.
+    async_save: write in a background thread (the device-to-host copy happens before save returns,
+      so the caller may donate or overwrite the state right after).
+  """
+
+  def __init__(self, directory: str | Path, max_to_keep: int = 3, async_save: bool = True):
+    if max_to_keep < 1:
+      raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+    )
+    self.directory = Path(directory).absolute()
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state, data_iterator=None) -> None:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, step: int, abstract_state, data_iterator=None):
+    """The state at ``step`` placed as ``abstract_state`` says (ShapeDtypeStructs with shardings);
+    ``data_iterator`` is moved to the position saved with it."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
+    return restored["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

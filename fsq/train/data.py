@@ -1,0 +1,151 @@
+"""The loop's input: training and evaluation batches for this process, from a data config.
+
+The data is split into ``num_shards`` shards (default: one per process). Each process reads the
+shards ``[p * S / P, (p + 1) * S / P)`` with one Grain loader per shard and concatenates their batches,
+so the global batch is the same whether S shards are read by one process or by S processes: a
+two-process run sees exactly the batches of a one-process run with ``num_shards=2``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from fsq.data import builders, pipeline
+
+
+class ShardedIterator:
+  """Concatenates one batch from each of this process's shard iterators.
+
+  Grain's orbax handler saves one iterator, so ``get_state``/``set_state`` join the shards' states.
+  """
+
+  def __init__(self, iterators: list):
+    self.iterators = iterators
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batches = [next(it) for it in self.iterators]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  def get_state(self) -> bytes:
+    """A JSON list of the shards' states."""
+    return json.dumps([it.get_state().decode() for it in self.iterators]).encode()
+
+  def set_state(self, state: bytes) -> None:
+    parts = json.loads(state.decode())
+    if len(parts) != len(self.iterators):
+      raise ValueError(f"data state holds {len(parts)} shards, this process reads {len(self.iterators)}")
+    for it, part in zip(self.iterators, parts, strict=True):
+      it.set_state(part.encode())
+
+  def start_prefetch(self) -> None:
+    """Called by Grain's orbax handler after a restore."""
+    for it in self.iterators:
+      it.start_prefetch()
+
+
+class InputPipeline:
+  """Training and evaluation batches of ``data_config`` for a global batch of ``batch_size``."""
+
+  def __init__(
+    self,
+    data_config: ml_collections.ConfigDict,
+    batch_size: int,
+    seed: int,
+    skip_log_path: Path | None = None,
+  ):
+    self.config = data_config
+    self.skip_log = (
+      pipeline.SkipLog(skip_log_path) if data_config.skip_bad_examples and skip_log_path else None
+    )
+    self.batch_size = batch_size
+    self.seed = seed
+    processes, index = jax.process_count(), jax.process_index()
+    shards = data_config.get("num_shards", 0) or processes
+    if shards % processes or batch_size % shards:
+      raise ValueError(
+        f"config.data.num_shards = {shards} must be a multiple of the process count ({processes}) "
+        f"and divide config.batch_size = {batch_size}"
+      )
+    self.num_shards = shards
+    self.local_shards = list(range(index * shards // processes, (index + 1) * shards // processes))
+    self.shard_batch = batch_size // shards
+    manual_dir = data_config.manual_dir or None
+    if index == 0:
+      builder = builders.prepare(data_config.name, data_config.data_dir, manual_dir)
+    if processes > 1:
+      multihost_utils.sync_global_devices("dataset prepared")
+    if index != 0:
+      builder = builders.prepare(data_config.name, data_config.data_dir, manual_dir)
+    self.train_source = pipeline.tfds_source(builder, data_config.train_split)
+    self.eval_source = pipeline.tfds_source(builder, data_config.eval_split)
+
+  @property
+  def global_image_shape(self) -> tuple[int, int, int, int]:
+    size = self.config.image_size
+    return (self.batch_size, size, size, self.config.channels)
+
+  def _loader(self, source, shard: int, *, train: bool):
+    return pipeline.make_loader(
+      source,
+      batch_size_per_process=self.shard_batch,
+      seed=self.seed,
+      shuffle=train,
+      num_epochs=None if train else 1,
+      image_size=self.config.image_size,
+      resize_mode="pad",
+      random_flip=self.config.random_flip and train,
+      worker_count=self.config.worker_count if train else 0,
+      read_threads=max(1, self.config.get("read_threads", 2)),
+      prefetch_buffer_size=self.config.prefetch_buffer_size,
+      process_index=shard,
+      process_count=self.num_shards,
+      skip_log=self.skip_log,
+      drop_remainder=train,
+    )
+
+  def train_iterator(self) -> ShardedIterator:
+    """Endless training batches ``{"image", "label"}`` with this process's rows of the global batch."""
+    return ShardedIterator([iter(self._loader(self.train_source, s, train=True)) for s in self.local_shards])
+
+  def num_eval_batches(self, limit: int = -1) -> int:
+    per_shard = math.ceil(len(self.eval_source) / self.num_shards)
+    total = math.ceil(per_shard / self.shard_batch)
+    return total if limit == -1 else min(limit, total)
+
+  def eval_batches(self, limit: int = -1) -> Iterator[dict[str, np.ndarray]]:
+    """The evaluation split once, every batch full-size with ``mask`` 1 for real rows, 0 for padding.
+
+    Every process yields the same number of batches (shards that run out yield padding only).
+    """
+    iterators = [iter(self._loader(self.eval_source, s, train=False)) for s in self.local_shards]
+    for _ in range(self.num_eval_batches(limit)):
+      parts = [_padded(next(it, None), self.shard_batch, self._image_shape()) for it in iterators]
+      yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def eval_image_batch(self) -> dict[str, np.ndarray]:
+    """The first evaluation batch (for image grids)."""
+    return next(self.eval_batches(1))
+
+  def _image_shape(self) -> tuple[int, int, int]:
+    return (self.config.image_size, self.config.image_size, self.config.channels)
+
+
+def _padded(batch: dict[str, np.ndarray] | None, size: int, image_shape) -> dict[str, np.ndarray]:
+  """Pads a (possibly missing or partial) batch to ``size`` rows and adds its ``mask``."""
+  if batch is None:
+    batch = {"image": np.zeros((0, *image_shape), np.float32), "label": np.zeros((0,), np.int32)}
+  n = batch["image"].shape[0]
+  out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+  out["mask"] = (np.arange(size) < n).astype(np.float32)
+  return out

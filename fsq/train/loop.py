@@ -1,0 +1,213 @@
+"""The one generic training loop: mesh, input, sharded init or resume, jitted steps, evaluation,
+logging and checkpoints. A model family supplies a task object (see fsq/tasks/autoencoder.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from fsq.metrics import CodebookUsage
+from fsq.train import checkpoint
+from fsq.train import mesh as mesh_lib
+from fsq.train.data import InputPipeline
+from fsq.train.writers import MetricWriter
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+  """A training metric became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that the loop polls (and agrees on across processes)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler, no preemption saves
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(multihost_utils.process_allgather(np.int32(self.requested)).max())
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  for name, value in metrics.items():
+    if not np.isfinite(value):
+      raise NonFiniteLossError(
+        f"step {step}: metric {name} is {value}; stopping (the last good checkpoint is kept)"
+      )
+
+
+def evaluate(task, state, pipeline: InputPipeline, eval_step, mesh, num_batches: int) -> dict[str, float]:
+  """Runs the task's eval step over the evaluation split (or num_batches of it) and summarises it,
+  with codebook usage counted over every evaluated example."""
+  size, groups = task.codebook_shape
+  usage = CodebookUsage.create(size, groups)
+  sums: dict[str, np.ndarray] = {}
+  for local in pipeline.eval_batches(num_batches):
+    out = jax.device_get(eval_step(state, mesh_lib.global_batch(local, mesh)))
+    usage.add_counts(out.pop("code_counts"))
+    for key, value in out.items():
+      sums[key] = sums.get(key, 0.0) + np.asarray(value, np.float64)
+  metrics = task.summarize(sums)
+  stats = usage.summary()
+  metrics.update({f"codebook/{k}": v for k, v in stats.items() if not k.endswith("_per_group")})
+  return metrics
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, task=None) -> dict[str, float]:
+  """Trains ``task`` (default: built from ``config.task``) and returns the final evaluation metrics.
+
+  Resumes from the newest checkpoint in ``workdir/checkpoints`` when there is one. Writes
+  ``config.json``, ``metrics.jsonl``, TensorBoard events and image grids into workdir.
+  """
+  from fsq.tasks import build_task
+
+  workdir = Path(workdir)
+  task = task if task is not None else build_task(config)
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+  pipeline = InputPipeline(config.data, config.batch_size, config.seed, workdir / "skipped_examples.tsv")
+  writer = MetricWriter(workdir)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  init_rng = jax.random.key(config.seed)
+  step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  example = {"image": jax.ShapeDtypeStruct(pipeline.global_image_shape, jnp.float32)}
+  abstract = jax.eval_shape(task.init, init_rng, example)
+  shardings = mesh_lib.state_shardings(abstract, mesh, config.get("sharding_rules", ()))
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.max_to_keep)
+  train_iter = pipeline.train_iterator()
+
+  start = ckpt.latest_step()
+  if start is None:
+    init = jax.jit(
+      lambda r: task.init(r, {"image": jnp.zeros(example["image"].shape)}), out_shardings=shardings
+    )
+    state, start = init(init_rng), 0
+  else:
+    state = ckpt.restore(start, checkpoint.abstract_with_shardings(abstract, shardings), train_iter)
+    log.info("resumed from step %d", start)
+
+  batch_shardings = mesh_lib.batch_sharding(mesh)
+  train_step = jax.jit(
+    lambda s, b: task.train_step(s, b, jax.random.fold_in(step_key, s.step)),
+    in_shardings=(shardings, batch_shardings),
+    out_shardings=(shardings, mesh_lib.replicated(mesh)),
+    donate_argnums=(0,),
+  )
+  eval_step = jax.jit(
+    task.eval_step, in_shardings=(shardings, batch_shardings), out_shardings=mesh_lib.replicated(mesh)
+  )
+  reconstruct = jax.jit(task.reconstruct, in_shardings=(shardings, batch_shardings))
+  nan_step = config.get("debug_nan_at_step", -1)
+
+  def log_eval(step):
+    metrics = evaluate(task, state, pipeline, eval_step, mesh, config.num_eval_batches)
+    writer.write_scalars(step, metrics, split="eval")
+    images = pipeline.eval_image_batch()
+    recon = np.asarray(jax.device_get(reconstruct(state, mesh_lib.global_batch(images, mesh))))
+    shown = min(16, recon.shape[0])
+    writer.write_images(
+      step, {"originals": images["image"][:shown], "reconstructions": recon[:shown]}, "eval"
+    )
+    log.info("eval step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return metrics
+
+  window: list[dict[str, float]] = []
+  pending: tuple[int, dict] | None = None  # the newest step's metrics, still on device
+
+  def settle() -> None:
+    """Fetches the pending step's metrics and stops on a non-finite value."""
+    nonlocal pending
+    if pending is not None:
+      step_done, values = pending[0], {k: float(v) for k, v in jax.device_get(pending[1]).items()}
+      _check_finite(step_done, values)
+      window.append(values)
+      pending = None
+
+  def shutdown() -> None:
+    ckpt.close()
+    writer.close()
+
+  t_start = t_window = time.perf_counter()
+  step = start
+  with _Preemption() as preemption:
+    try:
+      for step in range(start + 1, config.num_train_steps + 1):
+        batch = next(train_iter)
+        if step == nan_step:
+          batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+        state, metrics = train_step(state, mesh_lib.global_batch(batch, mesh))
+        settle()  # the previous step, while this one runs
+        pending = (step, metrics)
+        last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or last:
+          settle()
+          steps_per_s = len(window) / max(time.perf_counter() - t_window, 1e-9)
+          mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+          mean.update(steps_per_second=steps_per_s, images_per_second=steps_per_s * config.batch_size)
+          writer.write_scalars(step, mean)
+          eta = _format_eta((config.num_train_steps - step) / max(steps_per_s, 1e-9))
+          log.info(
+            "step %d/%d | loss %.5g | %.2f steps/s | %.0f img/s | ETA %s",
+            step,
+            config.num_train_steps,
+            mean["loss"],
+            steps_per_s,
+            mean["images_per_second"],
+            eta,
+          )
+          window, t_window = [], time.perf_counter()
+        preempted = preemption.agreed()
+        if step % config.checkpoint_every_steps == 0 or last or preempted:
+          settle()  # never save a state whose step produced a non-finite loss
+          ckpt.save(step, state, train_iter)
+        if preempted:
+          log.warning("SIGTERM: saved step %d, stopping", step)
+          shutdown()
+          return {"preempted_at_step": float(step)}
+        if step % config.eval_every_steps == 0 and not last:
+          log_eval(step)
+      settle()
+    except NonFiniteLossError:
+      shutdown()
+      raise
+  final = log_eval(step)
+  shutdown()
+  if jax.process_index() == 0:
+    (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+  log.info("done in %.1fs; workdir %s", time.perf_counter() - t_start, workdir)
+  return final

@@ -1,0 +1,80 @@
+"""Checks a training config before anything is traced or compiled; errors name the field and value."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from fsq.models.autoencoder import QUANTIZER_KINDS
+from fsq.quantizers import check_levels
+from fsq.train.mesh import mesh_shape
+
+
+def _positive_int(config: ml_collections.ConfigDict, name: str) -> int:
+  value = config
+  for part in name.split("."):
+    value = value[part]
+  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+  return value
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a config the loop cannot run."""
+  for name in (
+    "num_train_steps",
+    "batch_size",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "max_to_keep",
+    "data.image_size",
+    "data.channels",
+    "model.filters",
+    "model.num_res_blocks",
+    "model.norm_groups",
+  ):
+    _positive_int(config, name)
+  if config.num_eval_batches != -1 and config.num_eval_batches < 1:
+    raise ValueError(f"config.num_eval_batches must be -1 (all) or >= 1, got {config.num_eval_batches}")
+  data, fsdp, _ = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.model, jax.device_count())
+  if config.batch_size % (data * fsdp) or config.batch_size % jax.process_count():
+    raise ValueError(
+      f"config.batch_size = {config.batch_size} must be divisible by the data x fsdp devices ({data * fsdp}) "
+      f"and by the number of processes ({jax.process_count()})"
+    )
+  q = config.quantizer
+  if q.kind not in QUANTIZER_KINDS:
+    raise ValueError(f"config.quantizer.kind must be one of {QUANTIZER_KINDS}, got {q.kind!r}")
+  check_levels(tuple(q.levels), "config.quantizer.levels")
+  for name in (
+    "quantizer.num_codebooks",
+    "quantizer.num_stages",
+    "quantizer.num_bits",
+    "quantizer.codebook_size",
+    "quantizer.vq_dim",
+  ):
+    _positive_int(config, name)
+  multipliers = tuple(config.model.channel_multipliers)
+  factor = 2 ** (len(multipliers) - 1)
+  if config.data.image_size % factor:
+    raise ValueError(
+      f"config.data.image_size = {config.data.image_size} must be divisible by {factor} "
+      f"(2^(len(model.channel_multipliers) - 1) for {multipliers})"
+    )
+  for m in multipliers:
+    if (config.model.filters * m) % config.model.norm_groups:
+      raise ValueError(
+        f"config.model.norm_groups = {config.model.norm_groups} must divide filters x multiplier = "
+        f"{config.model.filters * m}"
+      )
+  o = config.optimizer
+  if not o.learning_rate > 0:
+    raise ValueError(f"config.optimizer.learning_rate must be > 0, got {o.learning_rate}")
+  if not 0 <= o.warmup_steps <= config.num_train_steps:
+    raise ValueError(
+      f"config.optimizer.warmup_steps = {o.warmup_steps} must be in "
+      f"[0, num_train_steps = {config.num_train_steps}]"
+    )
+  if o.schedule not in ("cosine", "constant"):
+    raise ValueError(f"config.optimizer.schedule must be 'cosine' or 'constant', got {o.schedule!r}")

@@ -1,0 +1,248 @@
+"""The Fashion-MNIST TFDS builder and the Grain pipeline, checked against numpy on the idx files."""
+
+import collections
+
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from fsq.data import builders, fashion_mnist, pipeline
+
+tfds.disable_progress_bar()
+
+
+@pytest.fixture(scope="module")
+def builder(tmp_path_factory):
+  return builders.prepare("fashion_mnist_local", tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def test_source(builder):
+  return pipeline.tfds_source(builder, "test")
+
+
+@pytest.fixture(scope="module")
+def reference():
+  """Test images (10000, 28, 28, 1) uint8 and labels, read straight from the idx files."""
+  images, labels = fashion_mnist.load("test")
+  return images[..., None], labels
+
+
+def make(source, **overrides):
+  args = dict(
+    batch_size_per_process=500,
+    seed=0,
+    shuffle=False,
+    num_epochs=1,
+    image_size=None,
+    resize_mode="pad",
+    random_flip=False,
+    worker_count=0,
+    read_threads=0,
+    prefetch_buffer_size=16,
+    process_index=0,
+    process_count=1,
+  )
+  return pipeline.make_loader(source, **{**args, **overrides})
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def scaled(images):
+  """The expected model input: uint8 pixels mapped affinely onto [-1, 1], in float64."""
+  return (images.astype(np.float64) - 127.5) / 127.5
+
+
+def to_uint8(images):
+  return np.rint(images * 127.5 + 127.5).astype(np.uint8)
+
+
+def assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b, strict=True):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_builder_has_the_published_splits_in_file_order(builder, reference, tmp_path):
+  assert builder.info.splits["train"].num_examples == 60000
+  assert builder.info.splits["test"].num_examples == 10000
+  assert builder.info.features["label"].names == list(fashion_mnist.CLASS_NAMES)
+  data = builder.as_data_source(split="test")  # TFDS's own PNG decoding, independent of the pipeline.
+  for k in (0, 1, 4321, 9999):
+    np.testing.assert_array_equal(data[k]["image"], reference[0][k])
+    assert data[k]["label"] == reference[1][k]
+  assert builders.prepare("fashion_mnist_local", builder.data_dir_root).is_prepared()
+  with pytest.raises(ValueError, match=r"'imagenet2012' is not prepared in data_dir .*never downloads"):
+    builders.prepare("imagenet2012", tmp_path)
+
+
+def test_one_epoch_is_the_scaled_test_split_in_order_with_1000_labels_per_class(test_source, reference):
+  batches = list(make(test_source))
+  assert (
+    len(batches) == 20 and batches[0]["image"].dtype == np.float32 and batches[0]["label"].dtype == np.int32
+  )
+  images = np.concatenate([b["image"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  np.testing.assert_allclose(images, scaled(reference[0]), rtol=0, atol=1e-7)
+  np.testing.assert_array_equal(labels, reference[1])
+  np.testing.assert_array_equal(np.bincount(labels), [1000] * 10)
+  assert images.min() == -1.0 and images.max() == 1.0
+
+
+def test_padding_to_32_centres_the_image_on_black(test_source, reference):
+  (batch,) = take(iter(make(test_source, image_size=32, batch_size_per_process=8)), 1)
+  expected = np.zeros((8, 32, 32, 1))
+  expected[:, 2:30, 2:30] = reference[0][:8]
+  np.testing.assert_allclose(batch["image"], scaled(expected), rtol=0, atol=1e-7)
+
+
+def test_crop_resizes_the_shorter_side_and_keeps_the_centre():
+  tall = np.zeros((60, 30, 3), np.uint8)
+  tall[:, 15:] = 200  # Left half black, right half grey; 2:1 downscaling blurs 2 pixels either side.
+  out = pipeline.resize_image(tall, 10, "crop")
+  assert out.shape == (10, 10, 3) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out[:, :4], 0)
+  np.testing.assert_array_equal(out[:, 7:], 200)
+  wide = np.zeros((20, 60, 1), np.uint8)
+  wide[:, 20:40] = 255  # The centre square is white, the sides black.
+  np.testing.assert_array_equal(pipeline.resize_image(wide, 10, "crop")[:, 2:8], 255)
+  with pytest.raises(ValueError, match="at most 10"):
+    pipeline.resize_image(tall, 10, "pad")
+
+
+def test_shuffling_is_a_seeded_permutation_that_changes_each_epoch(test_source, reference):
+  def images(seed, num_batches):
+    iterator = iter(make(test_source, shuffle=True, seed=seed, num_epochs=2))
+    return to_uint8(np.concatenate([b["image"] for b in take(iterator, num_batches)]))
+
+  both = images(seed=3, num_batches=40)
+  first, second = both[:10000], both[10000:]
+  rows = collections.Counter(x.tobytes() for x in reference[0])
+  assert collections.Counter(x.tobytes() for x in first) == rows
+  assert collections.Counter(x.tobytes() for x in second) == rows
+  assert not np.array_equal(first, second)
+  assert not np.array_equal(first, reference[0])
+  np.testing.assert_array_equal(images(seed=3, num_batches=1), first[:500])
+  assert not np.array_equal(images(seed=4, num_batches=1), first[:500])
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(test_source, reference):
+  shards = [
+    to_uint8(
+      np.concatenate([b["image"] for b in make(test_source, shuffle=True, process_index=p, process_count=2)])
+    )
+    for p in range(2)
+  ]
+  assert [len(s) for s in shards] == [5000, 5000]
+  seen = collections.Counter(x.tobytes() for x in np.concatenate(shards))
+  assert seen == collections.Counter(x.tobytes() for x in reference[0])
+
+
+def test_random_flip_mirrors_about_half_the_images_the_same_way_for_the_same_seed(test_source, reference):
+  def flipped(seed):
+    (batch,) = take(iter(make(test_source, random_flip=True, seed=seed)), 1)
+    images, original = to_uint8(batch["image"]), reference[0][:500]
+    mirrored = np.all(images == original[:, :, ::-1], axis=(1, 2, 3))
+    unchanged = np.all(images == original, axis=(1, 2, 3))
+    assert np.all(mirrored | unchanged)
+    return mirrored & ~unchanged  # Left-right symmetric images count as not flipped.
+
+  flips = flipped(seed=0)
+  assert 200 < flips.sum() < 300
+  np.testing.assert_array_equal(flipped(seed=0), flips)
+  assert not np.array_equal(flipped(seed=1), flips)
+
+
+def small_source(reference, n):
+  examples = [
+    {"image": builders.png_bytes(image), "label": int(label)} for image, label in zip(*reference, strict=True)
+  ]
+  return pipeline.ImageSource(examples[:n], (28, 28, 1))
+
+
+@pytest.mark.parametrize("worker_count", [0, 2])
+def test_set_state_resumes_exactly_across_epochs(reference, worker_count):
+  source = small_source(reference, 100)
+  args = dict(
+    batch_size_per_process=16, shuffle=True, num_epochs=None, image_size=32, random_flip=True, seed=5
+  )
+  iterator = iter(make(source, worker_count=worker_count, **args))
+  take(iterator, 3)
+  state = iterator.get_state()
+  expected = take(iterator, 12)  # Crosses two epoch boundaries (6 batches of 16 per epoch).
+  resumed = iter(make(source, worker_count=worker_count, **args))
+  resumed.set_state(state)
+  assert_same_batches(take(resumed, 12), expected)
+
+
+def test_orbax_checkpoint_manager_restores_the_iterator(test_source, tmp_path):
+  args = dict(batch_size_per_process=32, shuffle=True, num_epochs=None, image_size=32, random_flip=True)
+  iterator = iter(make(test_source, **args))
+  take(iterator, 4)
+  step = np.array(4)
+  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+    manager.save(
+      4,
+      args=ocp.args.Composite(
+        step=ocp.args.StandardSave(step), data=grain.checkpoint.CheckpointSave(iterator)
+      ),
+    )
+    manager.wait_until_finished()
+  expected = take(iterator, 5)
+  fresh = iter(make(test_source, **args))
+  with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+    restored = manager.restore(
+      manager.latest_step(),
+      args=ocp.args.Composite(
+        step=ocp.args.StandardRestore(step), data=grain.checkpoint.CheckpointRestore(fresh)
+      ),
+    )
+  assert restored["step"] == 4
+  assert_same_batches(take(restored["data"], 5), expected)
+
+
+def bad_source(reference):
+  """Eight good examples (record keys 0, 1, 3, 5, 6, 8, 9, 10) and three bad ones (2, 4, 7)."""
+  good = small_source(reference, 8).examples
+  png = good[0]["image"]
+  bad = [
+    {"image": b"not an image", "label": 0},
+    {"image": png[: len(png) // 2], "label": 0},  # A truncated PNG.
+    {"image": np.zeros((27, 28), np.uint8), "label": 0},  # Decodes, but has the wrong shape.
+  ]
+  return pipeline.ImageSource(
+    [*good[:2], bad[0], good[2], bad[1], *good[3:5], bad[2], *good[5:]], (28, 28, 1)
+  )
+
+
+@pytest.mark.parametrize("worker_count", [0, 1])
+def test_bad_example_raises_with_its_record_key(reference, worker_count):
+  with pytest.raises(ValueError, match="record_key 2: UnidentifiedImageError"):
+    list(make(bad_source(reference), batch_size_per_process=4, worker_count=worker_count))
+
+
+@pytest.mark.parametrize("worker_count", [0, 1])
+def test_skipped_examples_are_logged_and_never_batched(reference, tmp_path, worker_count):
+  skip_log = pipeline.SkipLog(tmp_path / "skipped.tsv")
+  loader = make(bad_source(reference), batch_size_per_process=4, worker_count=worker_count, skip_log=skip_log)
+  images = np.concatenate([b["image"] for b in loader])
+  np.testing.assert_allclose(images, scaled(reference[0][:8]), rtol=0, atol=1e-7)
+  assert sorted(skip_log.record_keys()) == [2, 4, 7] and len(skip_log) == 3
+
+
+def test_imagenet_shaped_mock_data_goes_through_the_same_pipeline(tmp_path):
+  with tfds.testing.mock_data(num_examples=6):
+    data = tfds.data_source("imagenet2012", split="train", data_dir=tmp_path)
+    source = pipeline.ImageSource(data, (None, None, 3))
+    (batch,) = list(
+      make(source, batch_size_per_process=3, image_size=64, resize_mode="crop", random_flip=True)
+    )[:1]
+  assert batch["image"].shape == (3, 64, 64, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+  assert batch["label"].dtype == np.int32 and np.all((batch["label"] >= 0) & (batch["label"] < 1000))
