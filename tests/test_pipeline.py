@@ -14,8 +14,8 @@ tfds.disable_progress_bar()
 
 
 @pytest.fixture(scope="module")
-def builder(tmp_path_factory):
-  return builders.prepare("fashion_mnist_local", tmp_path_factory.mktemp("tfds"))
+def builder(tfds_data_dir):
+  return builders.prepare("fashion_mnist_local", tfds_data_dir)
 
 
 @pytest.fixture(scope="module")

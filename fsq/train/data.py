@@ -54,6 +54,22 @@ class ShardedIterator:
       it.start_prefetch()
 
 
+def _open_sources(
+  data_config: ml_collections.ConfigDict,
+) -> tuple[pipeline.ImageSource, pipeline.ImageSource]:
+  """The train and eval splits of the configured TFDS dataset; process 0 prepares it first."""
+  manual_dir = data_config.manual_dir or None
+  if jax.process_index() == 0:
+    builder = builders.prepare(data_config.name, data_config.data_dir, manual_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dataset prepared")
+  if jax.process_index() != 0:
+    builder = builders.prepare(data_config.name, data_config.data_dir, manual_dir)
+  return pipeline.tfds_source(builder, data_config.train_split), pipeline.tfds_source(
+    builder, data_config.eval_split
+  )
+
+
 class InputPipeline:
   """Training and evaluation batches of ``data_config`` for a global batch of ``batch_size``."""
 
@@ -63,7 +79,9 @@ class InputPipeline:
     batch_size: int,
     seed: int,
     skip_log_path: Path | None = None,
+    sources: tuple[pipeline.ImageSource, pipeline.ImageSource] | None = None,
   ):
+    """``sources`` (train, eval) replace the TFDS dataset named by the config (tests use mock data)."""
     self.config = data_config
     self.skip_log = (
       pipeline.SkipLog(skip_log_path) if data_config.skip_bad_examples and skip_log_path else None
@@ -80,15 +98,9 @@ class InputPipeline:
     self.num_shards = shards
     self.local_shards = list(range(index * shards // processes, (index + 1) * shards // processes))
     self.shard_batch = batch_size // shards
-    manual_dir = data_config.manual_dir or None
-    if index == 0:
-      builder = builders.prepare(data_config.name, data_config.data_dir, manual_dir)
-    if processes > 1:
-      multihost_utils.sync_global_devices("dataset prepared")
-    if index != 0:
-      builder = builders.prepare(data_config.name, data_config.data_dir, manual_dir)
-    self.train_source = pipeline.tfds_source(builder, data_config.train_split)
-    self.eval_source = pipeline.tfds_source(builder, data_config.eval_split)
+    if sources is None:
+      sources = _open_sources(data_config)
+    self.train_source, self.eval_source = sources
 
   @property
   def global_image_shape(self) -> tuple[int, int, int, int]:

@@ -86,8 +86,12 @@ def evaluate(task, state, pipeline: InputPipeline, eval_step, mesh, num_batches:
   return metrics
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, task=None) -> dict[str, float]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | Path, task=None, sources=None
+) -> dict[str, float]:
   """Trains ``task`` (default: built from ``config.task``) and returns the final evaluation metrics.
+
+  ``sources`` (train, eval ImageSources) replace the configured TFDS dataset, for tests on mock data.
 
   Resumes from the newest checkpoint in ``workdir/checkpoints`` when there is one. Writes
   ``config.json``, ``metrics.jsonl``, TensorBoard events and image grids into workdir.
@@ -97,7 +101,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
   workdir = Path(workdir)
   task = task if task is not None else build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  pipeline = InputPipeline(config.data, config.batch_size, config.seed, workdir / "skipped_examples.tsv")
+  log.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))
+  pipeline = InputPipeline(
+    config.data, config.batch_size, config.seed, workdir / "skipped_examples.tsv", sources
+  )
   writer = MetricWriter(workdir)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -131,18 +138,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, t
   eval_step = jax.jit(
     task.eval_step, in_shardings=(shardings, batch_shardings), out_shardings=mesh_lib.replicated(mesh)
   )
-  reconstruct = jax.jit(task.reconstruct, in_shardings=(shardings, batch_shardings))
+  # Replicated outputs: every process can read the whole global batch and its reconstructions.
+  reconstruct = jax.jit(
+    lambda s, b: (b["image"], task.reconstruct(s, b)),
+    in_shardings=(shardings, batch_shardings),
+    out_shardings=mesh_lib.replicated(mesh),
+  )
   nan_step = config.get("debug_nan_at_step", -1)
 
   def log_eval(step):
     metrics = evaluate(task, state, pipeline, eval_step, mesh, config.num_eval_batches)
     writer.write_scalars(step, metrics, split="eval")
     images = pipeline.eval_image_batch()
-    recon = np.asarray(jax.device_get(reconstruct(state, mesh_lib.global_batch(images, mesh))))
+    originals, recon = jax.device_get(reconstruct(state, mesh_lib.global_batch(images, mesh)))
     shown = min(16, recon.shape[0])
-    writer.write_images(
-      step, {"originals": images["image"][:shown], "reconstructions": recon[:shown]}, "eval"
-    )
+    writer.write_images(step, {"originals": originals[:shown], "reconstructions": recon[:shown]}, "eval")
     log.info("eval step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics
 

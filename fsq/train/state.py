@@ -76,8 +76,8 @@ def apply_gradients(state: TrainState, loss_fn: LossFn, batch: dict, rng: jax.Ar
   metrics = {
     **metrics,
     "loss": loss,
-    "l2_grads": optax.global_norm(grads),
-    "l2_params": optax.global_norm(params),
+    "l2_grads": optax.tree.norm(grads),
+    "l2_params": optax.tree.norm(params),
   }
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
   return new_state, metrics

@@ -1,0 +1,252 @@
+"""The training system end to end: real data, mock data, exact resume, preemption, NaN, multi-process."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs.autoencoder import get_config
+from fsq.data import pipeline
+from fsq.train.checkpoint import Checkpointer
+from fsq.train.loop import NonFiniteLossError, train_and_evaluate
+from fsq.train.validate import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+  "batch_size": 8,
+  "log_every_steps": 1,
+  "eval_every_steps": 1000,
+  "checkpoint_every_steps": 2,
+  "num_eval_batches": 2,
+  "model.filters": 8,
+  "model.channel_multipliers": (1, 2),
+  "model.norm_groups": 4,
+  "optimizer.warmup_steps": 1,
+}
+
+
+def tiny_config(data_dir, arg="", **overrides):
+  config = get_config(arg)
+  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  validate_config(config)
+  return config
+
+
+def read_metrics(workdir, split="train"):
+  lines = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return [m for m in lines if m["split"] == split]
+
+
+def restore_state(workdir, step):
+  """The saved state on one local device, whatever mesh and process count saved it."""
+  path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    checkpointer.metadata(path).item_metadata,
+  )
+  return checkpointer.restore(path, target)
+
+
+def restore_params(workdir, step):
+  restored = restore_state(workdir, step)
+  return jax.tree.leaves(restored["params"]), jax.tree.leaves(restored["opt_state"])
+
+
+def cli_args(workdir, data_dir, steps, **overrides):
+  args = [f"--config={REPO}/configs/autoencoder.py:steps={steps}", f"--workdir={workdir}"]
+  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
+    args.append(f"--config.{key}={value}")
+  return args
+
+
+def run_cli(args, env=None, **kwargs):
+  return subprocess.run(
+    [sys.executable, "-m", "scripts.train", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    **kwargs,
+  )
+
+
+def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
+  final = train_and_evaluate(tiny_config(tfds_data_dir, "steps=6"), tmp_path)
+  train = read_metrics(tmp_path)
+  assert [m["step"] for m in train] == [1, 2, 3, 4, 5, 6]
+  for m in train:
+    assert {"loss", "mse", "l2_grads", "l2_params", "steps_per_second", "images_per_second"} <= set(m)
+    assert np.isfinite(m["loss"]) and m["l2_params"] > 0
+  # Two eval batches of 8 images, each 32x32 -> 16x16 tokens: every token is counted.
+  assert final["codebook/count"] == 2 * 8 * 16 * 16
+  assert 0 < final["codebook/usage"] <= 1 and final["codebook/usage"] == pytest.approx(
+    1 - final["codebook/zeros_ratio"]
+  )
+  assert 1 <= final["codebook/perplexity"] <= 1000 and np.isfinite(final["psnr"])
+  assert read_metrics(tmp_path, "eval")[-1]["step"] == 6
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert (tmp_path / "images" / "eval_reconstructions_00000006.png").exists()
+  assert json.loads((tmp_path / "config.json").read_text())["quantizer"]["levels"] == [8, 5, 5, 5]
+  assert Checkpointer(tmp_path / "checkpoints").all_steps() == [2, 4, 6]
+
+
+def test_vq_autoencoder_with_ema_statistics_trains_and_resumes(tfds_data_dir, tmp_path):
+  config = tiny_config(tfds_data_dir, "quantizer=vq_uvim,steps=2", **{"quantizer.codebook_size": 64})
+  train_and_evaluate(config, tmp_path)
+  counts = restore_state(tmp_path, 2)["model_state"]
+  assert counts["vq_stats"]["quantizer"]["counts"].shape == (64,)
+  config.num_train_steps = 4
+  final = train_and_evaluate(config, tmp_path)
+  assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4]
+  assert final["codebook/count"] == 2 * 8 * 16 * 16
+
+
+def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
+  with tfds.testing.mock_data(num_examples=32):
+    sources = tuple(
+      pipeline.ImageSource(
+        tfds.data_source("mnist", split=split, data_dir=str(tmp_path / "none")), (28, 28, 1)
+      )
+      for split in ("train", "test")
+    )
+    final = train_and_evaluate(tiny_config(tmp_path, "steps=2"), tmp_path / "run", sources=sources)
+  assert final["codebook/count"] == 2 * 8 * 16 * 16 and np.isfinite(final["mse"])
+
+
+def test_non_finite_loss_stops_within_a_step_and_keeps_the_last_checkpoint(tfds_data_dir, tmp_path):
+  config = tiny_config(tfds_data_dir, "steps=6", debug_nan_at_step=3)
+  with pytest.raises(NonFiniteLossError, match=r"step 3: metric \w+ is nan"):
+    train_and_evaluate(config, tmp_path)
+  assert Checkpointer(tmp_path / "checkpoints").all_steps() == [2]
+  params, _ = restore_params(tmp_path, 2)
+  assert all(np.all(np.isfinite(p)) for p in params)
+
+
+def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+  deadline = time.time() + timeout
+  path = workdir / "metrics.jsonl"
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early: {proc.stdout.read() if proc.stdout else ''}")
+    if path.exists() and any(json.loads(line)["step"] >= step for line in path.read_text().splitlines()):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tfds_data_dir, tmp_path):
+  steps = 8
+  full = tmp_path / "full"
+  assert run_cli(cli_args(full, tfds_data_dir, steps, checkpoint_every_steps=1)).returncode == 0
+
+  killed = tmp_path / "killed"
+  args = cli_args(killed, tfds_data_dir, steps, checkpoint_every_steps=1)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "scripts.train", *args],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  kill_at = random.Random().randint(2, steps - 2)  # any step must do; print it for reproduction
+  print(f"SIGKILL after step {kill_at}")
+  _wait_for_step(killed, kill_at, proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert Checkpointer(killed / "checkpoints").latest_step() < steps
+
+  # SIGTERM (preemption) in the resumed run: it saves the step it reached and exits cleanly.
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "scripts.train", *args],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  _wait_for_step(killed, kill_at + 1, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out
+  assert "resumed from step" in out and "SIGTERM" in out
+  result = run_cli(args)
+  assert result.returncode == 0, result.stdout + result.stderr
+  for a, b in zip(restore_params(full, steps), restore_params(killed, steps), strict=True):
+    for x, y in zip(a, b, strict=True):
+      np.testing.assert_array_equal(x, y)
+
+
+def test_a_save_interrupted_midway_is_ignored_on_resume(tfds_data_dir, tmp_path):
+  config = tiny_config(tfds_data_dir, "steps=4")
+  train_and_evaluate(config, tmp_path)
+  # What a kill during the save of step 6 leaves: orbax's temporary directory, half written.
+  partial = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp"
+  partial.mkdir()
+  (partial / "state").mkdir()
+  (partial / "state" / "garbage").write_bytes(b"\0" * 10)
+  config.num_train_steps = 6
+  train_and_evaluate(config, tmp_path)
+  assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+  params, _ = restore_params(tmp_path, 6)
+  assert all(np.all(np.isfinite(p)) for p in params)
+
+
+def test_bad_config_fails_before_compiling(tfds_data_dir, tmp_path):
+  result = run_cli([*cli_args(tmp_path / "a", tfds_data_dir, 2), "--config.model.filterz=3"])
+  assert result.returncode != 0 and "filterz" in result.stderr
+  result = run_cli(cli_args(tmp_path / "b", tfds_data_dir, 2, batch_size=7))
+  assert result.returncode != 0 and "config.batch_size = 7" in result.stderr
+  result = run_cli(cli_args(tmp_path / "c", tfds_data_dir, 2, **{"quantizer.levels": "(8, 1)"}))
+  assert result.returncode != 0 and "config.quantizer.levels" in result.stderr
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_two_processes_match_one_process_with_four_devices(tfds_data_dir, tmp_path):
+  overrides = {"data.num_shards": 2, "checkpoint_every_steps": 2}
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  one = run_cli(cli_args(tmp_path / "one", tfds_data_dir, 4, **overrides), env=env)
+  assert one.returncode == 0, one.stdout + one.stderr
+  two = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "scripts.launch_local",
+      "--num_processes=2",
+      "--devices_per_process=2",
+      "--",
+      *cli_args(tmp_path / "two", tfds_data_dir, 4, **overrides),
+    ],
+    cwd=REPO,
+    env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  logs = "".join(p.read_text() for p in (tmp_path / "two").glob("process_*.log"))
+  assert two.returncode == 0, logs
+  assert "2 processes, 4 devices" in (tmp_path / "two" / "process_0.log").read_text()
+  loss_one = [m["loss"] for m in read_metrics(tmp_path / "one")]
+  loss_two = [m["loss"] for m in read_metrics(tmp_path / "two")]
+  assert len(loss_one) == len(loss_two) == 4
+  np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
+  for a, b in zip(
+    restore_params(tmp_path / "one", 4)[0], restore_params(tmp_path / "two", 4)[0], strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
