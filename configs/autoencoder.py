@@ -86,5 +86,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.grad_clip_norm = 1.0
   c.optimizer.schedule = "cosine"
 
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+  # Devices on each axis (-1: the rest); parameters of at least fsdp_min_size elements are sharded over fsdp.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, fsdp_min_size=2**18))
   return c

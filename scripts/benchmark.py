@@ -138,18 +138,27 @@ def quantizers_suite(repeats: int, fsq_rows: int, vq_rows: int, vq_dim: int) -> 
 
 def print_report(name: str, result: dict[str, object]) -> None:
   print(f"suite {name} on {machine()['processor']} ({os.cpu_count()} cores, {jax.default_backend()})")
-  print(f"{'case':32s} {'shape':>14s} {'ms':>10s} {'us/vector':>10s}")
+  print(f"{'case':32s} {'shape':>14s} {'ms':>10s} {'us/item':>10s}")
   for row in result["rows"]:
     shape = "x".join(str(s) for s in row["shape"])
     print(f"{row['name']:32s} {shape:>14s} {row['seconds'] * 1e3:10.3f} {row['us_per_vector']:10.5f}")
   print()
-  for label, value in result["ratios"].items():
+  for label, value in {**result.get("values", {}), **result["ratios"]}.items():
     print(f"{label:40s} {value:10.2f}")
   for label, ok in result["targets"].items():
     print(f"target {label:33s} {'met' if ok else 'MISSED'}")
 
 
-SUITES = {"quantizers": quantizers_suite}
+def _train(args: argparse.Namespace) -> dict[str, object]:
+  from scripts.benchmark_train import train_suite
+
+  return train_suite(args.train_steps, args.batch_size, args.data_dir)
+
+
+SUITES = {
+  "quantizers": lambda args: quantizers_suite(args.repeats, args.fsq_rows, args.vq_rows, args.vq_dim),
+  "train": _train,
+}
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -160,11 +169,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
   parser.add_argument("--fsq-rows", type=int, default=2**20)
   parser.add_argument("--vq-rows", type=int, default=2**16)
   parser.add_argument("--vq-dim", type=int, default=32)
+  parser.add_argument(
+    "--train-steps", type=int, default=20, help="train suite: steps and input batches timed"
+  )
+  parser.add_argument("--batch-size", type=int, default=64, help="train suite: global batch")
+  parser.add_argument(
+    "--data-dir", default="artifacts/tensorflow_datasets", help="train suite: TFDS data_dir"
+  )
   args = parser.parse_args(argv)
-  for name in ("repeats", "fsq_rows", "vq_rows", "vq_dim"):
+  for name in ("repeats", "fsq_rows", "vq_rows", "vq_dim", "train_steps", "batch_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-  result = SUITES[args.suite](args.repeats, args.fsq_rows, args.vq_rows, args.vq_dim)
+  result = SUITES[args.suite](args)
   result = {"suite": args.suite, "machine": machine(), **result}
   print_report(args.suite, result)
   if args.out is not None:

@@ -131,6 +131,20 @@ def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
   assert final["codebook/count"] == 2 * 8 * 16 * 16 and np.isfinite(final["mse"])
 
 
+def test_resume_on_a_different_mesh(tfds_data_dir, tmp_path):
+  config = tiny_config(tfds_data_dir, "steps=2")
+  train_and_evaluate(config, tmp_path)
+  config.num_train_steps = 4
+  config.mesh.data, config.mesh.fsdp, config.mesh.fsdp_min_size = 4, 2, 64
+  train_and_evaluate(config, tmp_path)
+  assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3, 4]
+  metadata = (
+    ocp.StandardCheckpointer().metadata(tmp_path.absolute() / "checkpoints" / "4" / "state").item_metadata
+  )
+  specs = [m.sharding.partition_spec for m in jax.tree.leaves(metadata["params"])]
+  assert any("fsdp" in tuple(spec) for spec in specs), specs
+
+
 def test_non_finite_loss_stops_within_a_step_and_keeps_the_last_checkpoint(tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, "steps=6", debug_nan_at_step=3)
   with pytest.raises(NonFiniteLossError, match=r"step 3: metric \w+ is nan"):
@@ -250,3 +264,37 @@ def test_two_processes_match_one_process_with_four_devices(tfds_data_dir, tmp_pa
     restore_params(tmp_path / "one", 4)[0], restore_params(tmp_path / "two", 4)[0], strict=True
   ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_tpu_launcher_dry_run_prints_one_command_for_all_workers():
+  result = subprocess.run(
+    [
+      "bash",
+      "scripts/launch_tpu.sh",
+      "--dry-run",
+      "--tpu",
+      "pod",
+      "--zone",
+      "z",
+      "--",
+      "--config",
+      "configs/a.py:x=1",
+      "--workdir",
+      "gs://b/run",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("gcloud compute tpus tpu-vm ssh pod --zone z --worker=all --command ")
+  assert "scripts.train" in result.stdout and "gs://b/run" in result.stdout
+  missing = subprocess.run(
+    ["bash", "scripts/launch_tpu.sh", "--dry-run", "--zone", "z", "--", "x"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert missing.returncode == 2 and "--tpu" in missing.stderr

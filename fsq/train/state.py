@@ -44,7 +44,9 @@ def make_optimizer(
   if not 0 <= warmup_steps <= total_steps:
     raise ValueError(f"warmup_steps must be in [0, total_steps = {total_steps}], got {warmup_steps}")
   if schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1), max(total_steps, 2))
+    lr = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1, 2)
+    )
   elif schedule == "constant":
     lr = optax.join_schedules(
       [

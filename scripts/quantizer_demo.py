@@ -1,6 +1,6 @@
 """Quantizer demo on real Fashion-MNIST: FSQ at the paper's codebook sizes, usage and speed.
 
-  python -m scripts.demo [--data-dir DIR] [--out artifacts/demo]
+  python -m scripts.quantizer_demo [--data-dir DIR] [--out artifacts/quantizer_demo]
 
 Each 28x28 image is cut into 49 patches of 4x4 pixels. A PCA encoder (fit on the training split)
 maps a patch to its top d whitened coefficients, d = len(levels); FSQ quantizes them with the paper's
@@ -92,7 +92,7 @@ def save_grid(rows: list[np.ndarray], path: Path, scale: int = 3) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data-dir", type=Path, default=fashion_mnist.DEFAULT_DIR)
-  parser.add_argument("--out", type=Path, default=Path("artifacts/demo"))
+  parser.add_argument("--out", type=Path, default=Path("artifacts/quantizer_demo"))
   parser.add_argument("--train-images", type=int, default=20000)
   args = parser.parse_args(argv)
   if args.train_images < 100:

@@ -1,0 +1,89 @@
+"""The ``train`` benchmark suite: the autoencoder's train step against the machine and the input.
+
+Measured in one run on the default backend: the jitted train step (config ``configs/autoencoder.py``,
+the CPU size), its FLOPs from the compiled program's cost analysis, a large float32 matmul as the
+machine's reachable FLOP/s, and the input pipeline alone. Ratios: achieved / matmul FLOP/s, and
+pipeline images/s / the images/s the step consumes (goal >= 5).
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from configs.autoencoder import get_config
+from fsq.tasks import build_task
+from fsq.train import mesh as mesh_lib
+from fsq.train.data import InputPipeline
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  return float(cost.get("flops", 0.0))
+
+
+def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2048) -> dict[str, object]:
+  """Times ``steps`` train steps, the matmul and ``steps`` input batches; returns rows and ratios."""
+  from scripts.benchmark import time_calls
+
+  config = get_config("")
+  config.batch_size, config.data.data_dir, config.mesh.data = batch_size, data_dir, 1
+  task = build_task(config)
+  mesh = mesh_lib.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  pipeline = InputPipeline(config.data, batch_size, config.seed)
+  shape = pipeline.global_image_shape
+  state = jax.jit(lambda r: task.init(r, {"image": jnp.zeros(shape)}))(jax.random.key(0))
+  batch = mesh_lib.global_batch(next(pipeline.train_iterator()), mesh)
+  step = jax.jit(lambda s, b: task.train_step(s, b, jax.random.key(1)), donate_argnums=(0,))
+  compiled = step.lower(state, batch).compile()
+  flops = _flops(compiled)
+
+  def run_steps():
+    nonlocal state
+    for _ in range(steps):
+      state, metrics = compiled(state, batch)
+    return metrics
+
+  a = jax.random.normal(jax.random.key(2), (matmul_size, matmul_size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  seconds = time_calls({"steps": run_steps, "matmul": lambda: matmul(a)}, repeats=3, min_seconds=0)
+  step_s = seconds["steps"] / steps
+
+  iterator = pipeline.train_iterator()
+  next(iterator)
+  start = time.perf_counter()
+  for _ in range(steps):
+    next(iterator)
+  input_s = (time.perf_counter() - start) / steps
+
+  matmul_flops = 2 * matmul_size**3 / seconds["matmul"]
+  rows = [
+    {"name": "train step (autoencoder, fsq)", "shape": list(shape), "seconds": step_s},
+    {"name": "input pipeline batch", "shape": list(shape), "seconds": input_s},
+    {
+      "name": f"matmul {matmul_size}^3 float32",
+      "shape": [matmul_size, matmul_size],
+      "seconds": seconds["matmul"],
+    },
+  ]
+  for row in rows:
+    row["us_per_vector"] = row["seconds"] / row["shape"][0] * 1e6
+  values = {
+    "step images/s": batch_size / step_s,
+    "pipeline images/s": batch_size / input_s,
+    "step GFLOP/s (cost analysis)": flops / step_s / 1e9,
+    "matmul GFLOP/s": matmul_flops / 1e9,
+  }
+  ratios = {
+    "achieved / matmul FLOP/s": (flops / step_s) / matmul_flops,
+    "pipeline / step images/s": step_s / input_s,
+  }
+  return {
+    "rows": rows,
+    "values": values,
+    "ratios": ratios,
+    "targets": {"pipeline / step images/s >= 5": ratios["pipeline / step images/s"] >= 5},
+  }
