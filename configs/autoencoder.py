@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.image_size = 32  # 28x28 is zero-padded to 32x32 (divisible by the 4x downsampling)
+  c.data.resize_mode = "pad"  # pad (centre on zeros) | crop (resize the short side, centre crop): ImageNet
   c.data.channels = 1
   c.data.random_flip = False
   c.data.worker_count = 0

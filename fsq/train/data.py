@@ -115,7 +115,7 @@ class InputPipeline:
       shuffle=train,
       num_epochs=None if train else 1,
       image_size=self.config.image_size,
-      resize_mode="pad",
+      resize_mode=self.config.resize_mode,
       random_flip=self.config.random_flip and train,
       worker_count=self.config.worker_count if train else 0,
       read_threads=max(1, self.config.get("read_threads", 2)),

@@ -114,7 +114,8 @@ def train_and_evaluate(
   step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   example = {"image": jax.ShapeDtypeStruct(pipeline.global_image_shape, jnp.float32)}
   abstract = jax.eval_shape(task.init, init_rng, example)
-  shardings = mesh_lib.state_shardings(abstract, mesh, fsdp_min_size=config.mesh.fsdp_min_size)
+  rules = getattr(task, "sharding_rules", ())  # (regex, PartitionSpec) pairs for model parallelism
+  shardings = mesh_lib.state_shardings(abstract, mesh, rules, fsdp_min_size=config.mesh.fsdp_min_size)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.max_to_keep)
   train_iter = pipeline.train_iterator()
 

@@ -43,6 +43,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.batch_size = {config.batch_size} must be divisible by the data x fsdp devices ({data * fsdp}) "
       f"and by the number of processes ({jax.process_count()})"
     )
+  if config.data.resize_mode not in ("pad", "crop"):
+    raise ValueError(f"config.data.resize_mode must be 'pad' or 'crop', got {config.data.resize_mode!r}")
   q = config.quantizer
   if q.kind not in QUANTIZER_KINDS:
     raise ValueError(f"config.quantizer.kind must be one of {QUANTIZER_KINDS}, got {q.kind!r}")
