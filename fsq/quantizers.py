@@ -1,4 +1,4 @@
-"""Finite scalar quantization (FSQ): pure functions first, thin Flax Linen modules on top.
+"""Finite scalar quantization (FSQ) as pure functions; the Linen modules on top are in fsq/layers.py.
 
 FSQ (Mentzer et al., 2023) bounds each of d channels, rounds channel i to one of ``levels[i]`` values
 and passes gradients straight through. The implicit codebook is the grid of all combinations, so
@@ -33,7 +33,6 @@ import itertools
 import math
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +41,6 @@ from jax.experimental import checkify
 Levels = Sequence[int]
 
 INT32_MAX = 2**31 - 1
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 # Table 1 of the paper plus the appendix sizes (the appendix's 2^12 entry [7,5,5,5] is a typo).
 PAPER_LEVELS: dict[int, tuple[int, ...]] = {
@@ -80,7 +78,7 @@ def check_levels(levels: Levels, name: str = "levels") -> tuple[int, ...]:
   return tuple(values)
 
 
-def _check_eps(eps: float) -> float:
+def check_eps(eps: float) -> float:
   if not isinstance(eps, int | float) or not 0.0 < eps < 1.0:
     raise ValueError(f"eps must be a float in (0, 1), got {eps!r}")
   return float(eps)
@@ -170,7 +168,7 @@ def _constants(levels: tuple[int, ...], eps: float, symmetric: bool, dtype) -> d
   }
 
 
-def _compute_dtype(dtype) -> jnp.dtype:
+def compute_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -187,10 +185,10 @@ def bound(z: jax.Array, levels: Levels, eps: float = 1e-3, *, symmetric: bool = 
     (..., d) float32 (or wider, for float64 input): ``tanh(z + shift) * half_l - offset``.
   """
   levels = check_levels(levels)
-  eps = _check_eps(eps)
+  eps = check_eps(eps)
   _check_width(z, levels, "z")
   _check_float(z, "z")
-  dtype = _compute_dtype(z.dtype)
+  dtype = compute_dtype(z.dtype)
   c = _constants(levels, eps, symmetric, dtype)
   return jnp.tanh(z.astype(dtype) + c["shift"]) * c["half_l"] - c["offset"]
 
@@ -208,10 +206,10 @@ def _check_integer(x, name: str) -> None:
 def _quantize(z: jax.Array, levels: Levels, eps: float, symmetric: bool) -> tuple[jax.Array, jax.Array]:
   """Codes (straight-through, compute dtype) and their digits as floats (NaN where z is NaN)."""
   levels = check_levels(levels)
-  eps = _check_eps(eps)
+  eps = check_eps(eps)
   _check_width(z, levels, "z")
   _check_float(z, "z")
-  dtype = _compute_dtype(z.dtype)
+  dtype = compute_dtype(z.dtype)
   c = _constants(levels, eps, symmetric, dtype)
   bounded = jnp.tanh(z.astype(dtype) + c["shift"]) * c["half_l"] - c["offset"]
   digits = jnp.round(bounded + c["center"])
@@ -309,7 +307,7 @@ def codes_to_digits(codes: jax.Array, levels: Levels, *, symmetric: bool = False
   levels = check_levels(levels)
   _check_width(codes, levels, "codes")
   _check_float(codes, "codes")
-  dtype = _compute_dtype(codes.dtype)
+  dtype = compute_dtype(codes.dtype)
   c = _constants(levels, 1e-3, symmetric, dtype)
   x = codes.astype(dtype) * c["center"] + c["center"]
   valid = jnp.isfinite(x) & (x > -0.5) & (x < c["max_digit"] + 0.5)
@@ -395,307 +393,7 @@ def implicit_codebook(
   return indices_to_codes(jnp.arange(size, dtype=jnp.int32), levels, symmetric=symmetric, dtype=dtype)
 
 
-def _to_last(x: jax.Array, axis: int) -> jax.Array:
-  return jnp.moveaxis(x, axis, -1)
-
-
-def _from_last(x: jax.Array, axis: int) -> jax.Array:
-  return jnp.moveaxis(x, -1, axis)
-
-
-def _check_axis(x: jax.Array, axis: int, expected: int, what: str) -> None:
-  if not -x.ndim <= axis < x.ndim:
-    raise ValueError(f"channel_axis = {axis} is out of range for an input of shape {x.shape}")
-  if x.shape[axis] != expected:
-    raise ValueError(
-      f"input of shape {tuple(x.shape)} has {x.shape[axis]} channels on channel_axis = {axis}, "
-      f"but {what} = {expected}"
-    )
-
-
-def _check_module_fields(levels: Levels, num_codebooks: int, dim: int | None) -> tuple[int, ...]:
-  levels = check_levels(levels)
-  if not isinstance(num_codebooks, int) or num_codebooks < 1:
-    raise ValueError(f"num_codebooks must be an integer >= 1, got {num_codebooks!r}")
-  if dim is not None and (not isinstance(dim, int) or dim < 1):
-    raise ValueError(f"dim must be None or an integer >= 1, got {dim!r}")
-  return levels
-
-
-class FSQ(nn.Module):
-  """Finite scalar quantization layer.
-
-  There is no auxiliary loss, by design: FSQ has no codebook to learn (the grid is fixed), so there
-  is no codebook or commitment loss, and every code is reachable by construction, so no entropy
-  penalty is needed against collapse. The only training signal is the task loss, whose gradient
-  passes through the rounding unchanged (straight-through estimator).
-
-  Attributes:
-    levels: number of values per quantized channel; codebook size is their product.
-    num_codebooks: independent FSQ groups; the quantized width is ``num_codebooks * len(levels)``.
-    dim: width of inputs and outputs. When set and different from the quantized width, a Dense layer
-      projects in before quantizing and another projects back out. None: no projection, the input
-      must have exactly the quantized width.
-    channel_axis: the axis holding channels (-1 for NHWC, 1 for NCHW); never guessed from the rank.
-    symmetric: symmetric grid for even levels (see the module docstring).
-    eps: see ``bound``.
-  """
-
-  levels: Sequence[int]
-  num_codebooks: int = 1
-  dim: int | None = None
-  channel_axis: int = -1
-  symmetric: bool = False
-  eps: float = 1e-3
-
-  def setup(self):
-    self._levels = _check_module_fields(self.levels, self.num_codebooks, self.dim)
-    _check_eps(self.eps)
-    self.code_width = self.num_codebooks * len(self._levels)
-    self.projected = self.dim is not None and self.dim != self.code_width
-    if self.projected:
-      self.project_in = nn.Dense(self.code_width, name="project_in")
-      self.project_out = nn.Dense(self.dim, name="project_out")
-
-  @property
-  def codebook_size(self) -> int:
-    return codebook_size(self.levels)
-
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x.
-
-    Args:
-      x: float array with ``dim`` (or the quantized width) channels on ``channel_axis``.
-
-    Returns:
-      quantized: same shape and dtype as x.
-      aux: ``indices`` int32, shaped like x without the channel axis when num_codebooks == 1, else
-        with the codebook axis (size num_codebooks) in place of the channel axis; ``codes``, the
-        grid values before the output projection, with the quantized width on the channel axis.
-        No loss: see the class docstring.
-    """
-    width = self.dim if self.dim is not None else self.code_width
-    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "the quantized width")
-    z = _to_last(x, self.channel_axis)
-    if self.projected:
-      z = self.project_in(z)
-    z = z.reshape(*z.shape[:-1], self.num_codebooks, len(self._levels))
-    codes, indices = quantize_with_indices(z, self._levels, self.eps, symmetric=self.symmetric)
-    codes = codes.reshape(*codes.shape[:-2], self.code_width)
-    out = self.project_out(codes) if self.projected else codes
-    return _from_last(out.astype(x.dtype), self.channel_axis), {
-      "indices": self._place_indices(indices),
-      "codes": _from_last(codes, self.channel_axis),
-    }
-
-  def _place_indices(self, indices: jax.Array) -> jax.Array:
-    if self.num_codebooks == 1:
-      return indices[..., 0]
-    return _from_last(indices, self.channel_axis)
-
-  def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """Quantized vectors of indices (the inverse of ``__call__``'s indices), in ``dtype``."""
-    indices = _to_last(indices, self.channel_axis) if self.num_codebooks > 1 else indices[..., None]
-    codes = indices_to_codes(indices, self._levels, symmetric=self.symmetric, dtype=jnp.float32)
-    codes = codes.reshape(*codes.shape[:-2], self.code_width)
-    out = self.project_out(codes) if self.projected else codes
-    return _from_last(out.astype(dtype), self.channel_axis)
-
-
-class ResidualFSQ(nn.Module):
-  """Residual FSQ: stage k quantizes the remaining residual, scaled up by (L - 1)^k.
-
-  Stage k computes ``q_k = quantize(r_k / s_k) * s_k`` with ``s_k = (levels - 1) ** -k`` per channel and
-  ``r_{k+1} = r_k - stop_gradient(q_k)``; the output is ``sum_k q_k``. Each stage passes gradients
-  straight through. Decoding a truncated index stack (the first k stages) gives the coarser
-  approximation those stages make. No auxiliary loss, for the reasons given in ``FSQ``.
-
-  Attributes:
-    levels: levels of every stage.
-    num_stages: number of residual stages.
-    dim: input/output width; Dense projections in and out when it differs from len(levels).
-    channel_axis: the axis holding channels.
-    symmetric: symmetric grid for even levels.
-    eps: see ``bound``.
-  """
-
-  levels: Sequence[int]
-  num_stages: int
-  dim: int | None = None
-  channel_axis: int = -1
-  symmetric: bool = False
-  eps: float = 1e-3
-
-  def setup(self):
-    self._levels = _check_module_fields(self.levels, 1, self.dim)
-    _check_eps(self.eps)
-    if not isinstance(self.num_stages, int) or self.num_stages < 1:
-      raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
-    width = len(self._levels)
-    self.projected = self.dim is not None and self.dim != width
-    if self.projected:
-      self.project_in = nn.Dense(width, name="project_in")
-      self.project_out = nn.Dense(self.dim, name="project_out")
-
-  def _scales(self, num: int) -> jax.Array:
-    """(num, d) float32 stage scales (levels - 1) ** -k."""
-    L = np.asarray(self._levels, np.float64)
-    return jnp.asarray((L - 1) ** -np.arange(num)[:, None], jnp.float32)
-
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x: returns (quantized like x, {"indices": int32 with a trailing stage axis}).
-
-    Indices have x's shape without the channel axis, plus a last axis of size num_stages.
-    """
-    width = self.dim if self.dim is not None else len(self._levels)
-    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "len(levels)")
-    z = _to_last(x, self.channel_axis)
-    if self.projected:
-      z = self.project_in(z)
-    residual = z.astype(_compute_dtype(z.dtype))
-    total = jnp.zeros_like(residual)
-    indices = []
-    for scale in self._scales(self.num_stages):
-      codes, stage_indices = quantize_with_indices(
-        residual / scale, self._levels, self.eps, symmetric=self.symmetric
-      )
-      indices.append(stage_indices)
-      stage = codes * scale
-      residual = residual - jax.lax.stop_gradient(stage)
-      total = total + stage
-    out = self.project_out(total) if self.projected else total
-    return _from_last(out.astype(x.dtype), self.channel_axis), {"indices": jnp.stack(indices, -1)}
-
-  def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """Quantized vectors from (..., k) stage indices, k <= num_stages (the first k stages)."""
-    k = indices.shape[-1]
-    if not 1 <= k <= self.num_stages:
-      raise ValueError(
-        f"indices of shape {indices.shape} must have 1 to num_stages = {self.num_stages} stages last"
-      )
-    codes = indices_to_codes(indices, self._levels, symmetric=self.symmetric)
-    total = jnp.sum(codes * self._scales(k), axis=-2)
-    out = self.project_out(total) if self.projected else total
-    return _from_last(out.astype(dtype), self.channel_axis)
-
-
 def entropy_nats(p: jax.Array, axis: int = -1) -> jax.Array:
   """Entropy in nats of distributions along ``axis``, with finite gradients where p = 0."""
   tiny = jnp.finfo(p.dtype).tiny
   return -jnp.sum(p * jnp.log(jnp.maximum(p, tiny)), axis=axis)
-
-
-def lfq_entropy_terms(z: jax.Array, temperature: float, group_bits: int) -> tuple[jax.Array, jax.Array]:
-  """Per-sample and codebook entropies (nats) of LFQ's soft code assignment.
-
-  The soft assignment of a vector z to the binary codes c in {-1, 1}^d is
-  ``softmax_c(-|z - c|^2 / temperature)``, which factorises over channels: channel i is +1 with
-  probability ``sigmoid(4 z_i / temperature)``. The per-sample entropy is therefore exact for any d.
-  The entropy of the batch-averaged assignment is computed exactly within groups of ``group_bits``
-  consecutive channels and summed over groups (exact when d <= group_bits; otherwise an upper bound
-  that treats groups as independent).
-
-  Args:
-    z: (n, d) float32 pre-quantization values.
-    temperature: softmax temperature.
-    group_bits: channels per group for the codebook entropy.
-
-  Returns:
-    per_sample_entropy: scalar, mean over the n vectors.
-    codebook_entropy: scalar.
-  """
-  logits = 4.0 * z / temperature
-  p = jax.nn.sigmoid(logits)
-  log_on, log_off = jax.nn.log_sigmoid(logits), jax.nn.log_sigmoid(-logits)
-  per_sample = -jnp.mean(jnp.sum(p * log_on + (1 - p) * log_off, axis=-1))
-  codebook = jnp.zeros((), p.dtype)
-  d = z.shape[-1]
-  for start in range(0, d, group_bits):
-    g = min(group_bits, d - start)
-    bits = ((np.arange(2**g)[None, :] >> np.arange(g)[:, None]) & 1).astype(np.float32)  # (g, 2^g)
-    log_probs = jnp.matmul(log_on[:, start : start + g], bits, precision=_HIGHEST) + jnp.matmul(
-      log_off[:, start : start + g], 1 - bits, precision=_HIGHEST
-    )
-    mean = jnp.mean(jnp.exp(log_probs), axis=0)
-    codebook = codebook + entropy_nats(mean)
-  return per_sample, codebook
-
-
-class LFQ(nn.Module):
-  """Lookup-free quantization (MAGVIT-v2): each channel is quantized to {-1, +1} by its sign.
-
-  The index of a code is the binary number whose bit i is (channel i > 0); it equals the FSQ index of
-  ``levels = [2] * d`` with the symmetric grid. Unlike FSQ, LFQ needs an auxiliary loss: the entropy
-  penalty ``per_sample_entropy - diversity_weight * codebook_entropy`` (confident assignments, all codes
-  used), plus a commitment loss pulling z toward its code.
-
-  Attributes:
-    num_bits: quantized channels d; the codebook has 2^d codes.
-    dim: input/output width; Dense projections in and out when it differs from num_bits.
-    channel_axis: the axis holding channels.
-    entropy_loss_weight: weight of the entropy penalty.
-    diversity_weight: weight of the codebook-entropy term inside the penalty.
-    commitment_loss_weight: weight of ``mean((z - stop_gradient(codes))^2)``.
-    temperature: softmax temperature of the soft assignment.
-    entropy_group_bits: channels per group for the codebook entropy (see ``lfq_entropy_terms``).
-  """
-
-  num_bits: int
-  dim: int | None = None
-  channel_axis: int = -1
-  entropy_loss_weight: float = 0.1
-  diversity_weight: float = 1.0
-  commitment_loss_weight: float = 0.25
-  temperature: float = 0.01
-  entropy_group_bits: int = 10
-
-  def setup(self):
-    if not isinstance(self.num_bits, int) or not 1 <= self.num_bits <= 30:
-      raise ValueError(f"num_bits must be an integer in [1, 30], got {self.num_bits!r}")
-    if not isinstance(self.entropy_group_bits, int) or not 1 <= self.entropy_group_bits <= 16:
-      raise ValueError(f"entropy_group_bits must be an integer in [1, 16], got {self.entropy_group_bits!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-    _check_module_fields([2] * self.num_bits, 1, self.dim)
-    self.projected = self.dim is not None and self.dim != self.num_bits
-    if self.projected:
-      self.project_in = nn.Dense(self.num_bits, name="project_in")
-      self.project_out = nn.Dense(self.dim, name="project_out")
-
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x.
-
-    Returns:
-      quantized: like x.
-      aux: ``indices`` (int32, x's shape without the channel axis), ``loss`` (the weighted sum), and
-        its parts ``entropy_loss``, ``per_sample_entropy``, ``codebook_entropy``, ``commitment_loss``.
-    """
-    width = self.dim if self.dim is not None else self.num_bits
-    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "num_bits")
-    z = _to_last(x, self.channel_axis)
-    if self.projected:
-      z = self.project_in(z)
-    z = z.astype(_compute_dtype(z.dtype))
-    codes = jnp.where(z > 0, 1.0, -1.0).astype(z.dtype)
-    quantized = z + jax.lax.stop_gradient(codes - z)
-    indices = digits_to_indices((codes > 0).astype(jnp.int32), [2] * self.num_bits, check=False)
-    flat = z.reshape(-1, self.num_bits)
-    per_sample, codebook = lfq_entropy_terms(flat, self.temperature, self.entropy_group_bits)
-    entropy_loss = per_sample - self.diversity_weight * codebook
-    commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(codes)))
-    loss = self.entropy_loss_weight * entropy_loss + self.commitment_loss_weight * commitment
-    out = self.project_out(quantized) if self.projected else quantized
-    return _from_last(out.astype(x.dtype), self.channel_axis), {
-      "indices": indices,
-      "loss": loss,
-      "entropy_loss": entropy_loss,
-      "per_sample_entropy": per_sample,
-      "codebook_entropy": codebook,
-      "commitment_loss": commitment,
-    }
-
-  def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """Quantized vectors of indices: (...) int -> x-like ``dtype`` array."""
-    codes = indices_to_codes(indices, [2] * self.num_bits, symmetric=True)
-    out = self.project_out(codes) if self.projected else codes
-    return _from_last(out.astype(dtype), self.channel_axis)

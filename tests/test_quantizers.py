@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from jax.experimental import checkify
 from jax.sharding import NamedSharding, PartitionSpec
 
+from fsq import layers
 from fsq import quantizers as q
 from tests import reference as ref
 
@@ -188,10 +189,10 @@ def test_implicit_codebook_is_built_only_on_request():
   np.testing.assert_allclose(q.implicit_codebook([8, 6, 5]), ref.all_codes([8, 6, 5]), atol=1e-7)
   with pytest.raises(ValueError, match="max_codes"):
     q.implicit_codebook([4] * 13)
-  module = q.FSQ(levels=[4] * 16)
+  module = layers.FSQ(levels=[4] * 16)
   with pytest.raises(ValueError, match="int32"):
     module.init(jax.random.key(0), jnp.zeros((1, 16)))
-  module = q.FSQ(levels=[4] * 15)
+  module = layers.FSQ(levels=[4] * 15)
   variables = module.init(jax.random.key(0), jnp.zeros((1, 15)))
   assert jax.tree.leaves(variables) == []
 
@@ -232,7 +233,7 @@ def test_out_of_range_indices_and_codes_are_errors():
 
 def test_fsq_module_channel_axis_codebooks_and_decode():
   x = jax.random.normal(jax.random.key(2), (2, 3, 3, 8)) * 2
-  module = q.FSQ(levels=[8, 5, 5, 5], num_codebooks=2)
+  module = layers.FSQ(levels=[8, 5, 5, 5], num_codebooks=2)
   variables = module.init(jax.random.key(0), x)
   quantized, aux = module.apply(variables, x)
   assert set(aux) == {"indices", "codes"}  # no auxiliary loss, by design
@@ -243,7 +244,7 @@ def test_fsq_module_channel_axis_codebooks_and_decode():
   )
   np.testing.assert_array_equal(module.apply(variables, aux["indices"], method=module.decode), quantized)
 
-  nchw = q.FSQ(levels=[8, 5, 5, 5], num_codebooks=2, channel_axis=1)
+  nchw = layers.FSQ(levels=[8, 5, 5, 5], num_codebooks=2, channel_axis=1)
   xt = jnp.moveaxis(x, -1, 1)
   qt, auxt = nchw.apply({}, xt)
   np.testing.assert_array_equal(jnp.moveaxis(qt, 1, -1), quantized)
@@ -253,7 +254,7 @@ def test_fsq_module_channel_axis_codebooks_and_decode():
 
 def test_fsq_module_projection_and_width_errors():
   x = jax.random.normal(jax.random.key(3), (4, 5, 32))
-  module = q.FSQ(levels=[8, 6, 5], dim=32)
+  module = layers.FSQ(levels=[8, 6, 5], dim=32)
   variables = module.init(jax.random.key(0), x)
   assert variables["params"]["project_in"]["kernel"].shape == (32, 3)
   quantized, aux = module.apply(variables, x.astype(jnp.bfloat16))
@@ -264,17 +265,17 @@ def test_fsq_module_projection_and_width_errors():
   grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, x)[0] ** 2))(variables["params"])
   assert float(jnp.abs(grads["project_in"]["kernel"]).sum()) > 0
   with pytest.raises(ValueError, match=r"\(4, 5, 32\).*dim = 16"):
-    q.FSQ(levels=[8, 6, 5], dim=16).init(jax.random.key(0), x)
+    layers.FSQ(levels=[8, 6, 5], dim=16).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="quantized width = 3"):
-    q.FSQ(levels=[8, 6, 5]).init(jax.random.key(0), x)
+    layers.FSQ(levels=[8, 6, 5]).init(jax.random.key(0), x)
   with pytest.raises(ValueError, match="num_codebooks"):
-    q.FSQ(levels=[8, 6, 5], num_codebooks=0).init(jax.random.key(0), x)
+    layers.FSQ(levels=[8, 6, 5], num_codebooks=0).init(jax.random.key(0), x)
 
 
 def test_residual_fsq_stages_and_truncated_decoding():
   levels = [7, 5, 5]
   x = jax.random.uniform(jax.random.key(4), (512, 3), minval=-0.9, maxval=0.9)
-  module = q.ResidualFSQ(levels=levels, num_stages=3)
+  module = layers.ResidualFSQ(levels=levels, num_stages=3)
   quantized, aux = module.apply({}, x)
   assert aux["indices"].shape == (512, 3)
   # Float64 reference of the residual loop.
@@ -297,7 +298,7 @@ def test_residual_fsq_stages_and_truncated_decoding():
 
 def test_lfq_indices_equal_binary_fsq_indices():
   z = jax.random.normal(jax.random.key(5), (300, 6))
-  module = q.LFQ(num_bits=6)
+  module = layers.LFQ(num_bits=6)
   quantized, aux = module.apply({}, z)
   np.testing.assert_array_equal(np.abs(quantized), 1.0)
   np.testing.assert_array_equal(
@@ -323,17 +324,17 @@ def _brute_force_entropies(z, temperature):
 
 def test_lfq_entropy_terms_against_brute_force():
   z = np.asarray(jax.random.normal(jax.random.key(6), (64, 6)), np.float64) * 0.05
-  sample, codebook = q.lfq_entropy_terms(jnp.asarray(z, jnp.float32), 0.1, group_bits=6)
+  sample, codebook = layers.lfq_entropy_terms(jnp.asarray(z, jnp.float32), 0.1, group_bits=6)
   exp_sample, exp_codebook = _brute_force_entropies(z, 0.1)
   np.testing.assert_allclose([sample, codebook], [exp_sample, exp_codebook], rtol=1e-4)
-  _, grouped = q.lfq_entropy_terms(jnp.asarray(z, jnp.float32), 0.1, group_bits=4)
+  _, grouped = layers.lfq_entropy_terms(jnp.asarray(z, jnp.float32), 0.1, group_bits=4)
   expected = _brute_force_entropies(z[:, :4], 0.1)[1] + _brute_force_entropies(z[:, 4:], 0.1)[1]
   np.testing.assert_allclose(grouped, expected, rtol=1e-4)
 
 
 def test_lfq_loss_is_the_weighted_sum_and_has_gradients():
   z = jax.random.normal(jax.random.key(7), (8, 4, 16))
-  module = q.LFQ(num_bits=5, dim=16, temperature=0.5)
+  module = layers.LFQ(num_bits=5, dim=16, temperature=0.5)
   variables = module.init(jax.random.key(0), z)
   _, aux = module.apply(variables, z)
   expected = 0.1 * (aux["per_sample_entropy"] - aux["codebook_entropy"]) + 0.25 * aux["commitment_loss"]
@@ -341,7 +342,7 @@ def test_lfq_loss_is_the_weighted_sum_and_has_gradients():
   grads = jax.grad(lambda p: module.apply({"params": p}, z)[1]["loss"])(variables["params"])
   assert float(jnp.abs(grads["project_in"]["kernel"]).sum()) > 0
   with pytest.raises(ValueError, match="num_bits"):
-    q.LFQ(num_bits=40).init(jax.random.key(0), z)
+    layers.LFQ(num_bits=40).init(jax.random.key(0), z)
 
 
 def test_non_finite_and_wrongly_typed_inputs_never_become_valid_indices():
@@ -351,7 +352,7 @@ def test_non_finite_and_wrongly_typed_inputs_never_become_valid_indices():
     q.codes_to_indices(nan_row, levels)
   _, indices = jax.jit(lambda z: q.quantize_with_indices(z, levels))(nan_row)
   np.testing.assert_array_equal(indices, [-1])
-  _, aux = q.FSQ(levels=levels).apply({}, nan_row)
+  _, aux = layers.FSQ(levels=levels).apply({}, nan_row)
   np.testing.assert_array_equal(aux["indices"], [-1])
   codes = jax.jit(lambda i: q.indices_to_codes(i, levels))(jnp.asarray([1000, -3, 7]))
   assert np.all(np.isnan(codes[:2])) and not np.any(np.isnan(codes[2]))
@@ -368,7 +369,7 @@ def test_module_indices_in_low_precision_match_float64_reference_for_large_level
   """Codes like k / 500 do not survive a cast to bf16; the module's indices come from f32 digits."""
   levels = [1001, 600]
   z = jnp.asarray(jax.random.normal(jax.random.key(8), (4096, 2)), dtype)
-  _, aux = q.FSQ(levels=levels).apply({}, z)
+  _, aux = layers.FSQ(levels=levels).apply({}, z)
   z64 = np.asarray(z.astype(jnp.float32), np.float64)
   ok = far_from_rounding_boundary(z64, levels, symmetric=False)
   digits = np.round(ref.bound(z64, levels) + ref.grid_step_divisor(levels)).astype(np.int64)

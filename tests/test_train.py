@@ -154,54 +154,66 @@ def test_non_finite_loss_stops_within_a_step_and_keeps_the_last_checkpoint(tfds_
   assert all(np.all(np.isfinite(p)) for p in params)
 
 
-def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-  deadline = time.time() + timeout
+def _metric_lines(workdir: Path) -> list[dict]:
   path = workdir / "metrics.jsonl"
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _start(args) -> tuple[subprocess.Popen, int]:
+  """Starts a training process; returns it and how many metric lines earlier runs left."""
+  workdir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--workdir=")))
+  before = len(_metric_lines(workdir))
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "scripts.train", *args],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
+  return proc, before
+
+
+def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, skip: int, timeout: float = 300) -> None:
+  """Waits until this process (the metric lines after the first ``skip``) has logged ``step`` or later."""
+  deadline = time.time() + timeout
   while time.time() < deadline:
     if proc.poll() is not None:
       raise AssertionError(f"training exited early: {proc.stdout.read() if proc.stdout else ''}")
-    if path.exists() and any(json.loads(line)["step"] >= step for line in path.read_text().splitlines()):
+    if any(m["step"] >= step for m in _metric_lines(workdir)[skip:]):
       return
     time.sleep(0.05)
   raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
 def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tfds_data_dir, tmp_path):
-  steps = 8
+  steps = 12
   full = tmp_path / "full"
   assert run_cli(cli_args(full, tfds_data_dir, steps, checkpoint_every_steps=1)).returncode == 0
 
   killed = tmp_path / "killed"
   args = cli_args(killed, tfds_data_dir, steps, checkpoint_every_steps=1)
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "scripts.train", *args],
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
-  kill_at = random.Random().randint(2, steps - 2)  # any step must do; print it for reproduction
+  proc, skip = _start(args)
+  kill_at = random.Random().randint(2, 5)  # any step must do; printed for reproduction
   print(f"SIGKILL after step {kill_at}")
-  _wait_for_step(killed, kill_at, proc)
+  _wait_for_step(killed, kill_at, proc, skip)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert Checkpointer(killed / "checkpoints").latest_step() < steps
+  saved = Checkpointer(killed / "checkpoints").latest_step()  # None if killed before the first save ended
+  assert saved is None or saved < steps
 
-  # SIGTERM (preemption) in the resumed run: it saves the step it reached and exits cleanly.
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "scripts.train", *args],
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
-  _wait_for_step(killed, kill_at + 1, proc)
+  # SIGTERM (preemption) in the resumed run, once it is training: it saves its step and exits cleanly.
+  proc, skip = _start(args)
+  _wait_for_step(killed, 1, proc, skip)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
-  assert "resumed from step" in out and "SIGTERM" in out
+  assert "SIGTERM" in out and (saved is None or f"resumed from step {saved}" in out), out
+  preempted_at = Checkpointer(killed / "checkpoints").latest_step()
+  assert preempted_at < steps
+
   result = run_cli(args)
   assert result.returncode == 0, result.stdout + result.stderr
+  assert f"resumed from step {preempted_at}" in result.stdout
   for a, b in zip(restore_params(full, steps), restore_params(killed, steps), strict=True):
     for x, y in zip(a, b, strict=True):
       np.testing.assert_array_equal(x, y)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from fsq import quantizers, vq
+from fsq import layers, quantizers, vq
 from fsq.models.vqgan import Decoder, Encoder
 
 QUANTIZER_KINDS = ("fsq", "residual_fsq", "lfq", "vq_maskgit", "vq_uvim", "vq_reseed")
@@ -34,11 +34,11 @@ def make_quantizer(
   reseeding baseline (see fsq.vq).
   """
   if kind == "fsq":
-    return quantizers.FSQ(levels=tuple(levels), num_codebooks=num_codebooks)
+    return layers.FSQ(levels=tuple(levels), num_codebooks=num_codebooks)
   if kind == "residual_fsq":
-    return quantizers.ResidualFSQ(levels=tuple(levels), num_stages=num_stages)
+    return layers.ResidualFSQ(levels=tuple(levels), num_stages=num_stages)
   if kind == "lfq":
-    return quantizers.LFQ(num_bits=num_bits)
+    return layers.LFQ(num_bits=num_bits)
   if kind == "vq_maskgit":
     return vq.maskgit_vq(codebook_size, vq_dim)
   if kind == "vq_uvim":
@@ -50,11 +50,11 @@ def make_quantizer(
 
 def latent_width(quantizer: nn.Module) -> int:
   """Channels the encoder must output for ``quantizer``."""
-  if isinstance(quantizer, quantizers.FSQ):
+  if isinstance(quantizer, layers.FSQ):
     return quantizer.num_codebooks * len(quantizer.levels)
-  if isinstance(quantizer, quantizers.ResidualFSQ):
+  if isinstance(quantizer, layers.ResidualFSQ):
     return len(quantizer.levels)
-  if isinstance(quantizer, quantizers.LFQ):
+  if isinstance(quantizer, layers.LFQ):
     return quantizer.num_bits
   if isinstance(quantizer, vq.VectorQuantizer):
     return quantizer.dim
@@ -63,11 +63,11 @@ def latent_width(quantizer: nn.Module) -> int:
 
 def codebook_shape(quantizer: nn.Module) -> tuple[int, int]:
   """(codebook_size, num_groups) of the indices ``quantizer`` emits, for usage accounting."""
-  if isinstance(quantizer, quantizers.FSQ):
+  if isinstance(quantizer, layers.FSQ):
     return quantizers.codebook_size(quantizer.levels), quantizer.num_codebooks
-  if isinstance(quantizer, quantizers.ResidualFSQ):
+  if isinstance(quantizer, layers.ResidualFSQ):
     return quantizers.codebook_size(quantizer.levels), quantizer.num_stages
-  if isinstance(quantizer, quantizers.LFQ):
+  if isinstance(quantizer, layers.LFQ):
     return 2**quantizer.num_bits, 1
   if isinstance(quantizer, vq.VectorQuantizer):
     return quantizer.codebook_size, 1

@@ -61,9 +61,6 @@ class Checkpointer:
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
     return restored["state"]
 
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
