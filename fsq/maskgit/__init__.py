@@ -1,0 +1,1 @@
+"""MaskGIT's pure functions: masking schedules and iterative parallel decoding."""
