@@ -139,3 +139,46 @@ def test_guidance_formula_and_its_effect():
     decode_lib.decode(
       jax.random.key(0), fn, classes, seq_len=3, mask_id=7, codebook_size=5, guidance_scale=1.0
     )
+
+
+def test_full_size_transformer_has_the_paper_shape_without_allocating():
+  from fsq.maskgit.vocab import Vocabulary
+  from fsq.models.transformer import BidirectionalTransformer
+
+  vocab = Vocabulary(codebook_size=1024, num_classes=1000)
+  model = BidirectionalTransformer(vocab_size=vocab.size, seq_len=1 + 256)
+  tokens = jax.ShapeDtypeStruct((2, 257), jnp.int32)
+  params = jax.eval_shape(lambda t: model.init(jax.random.key(0), t), tokens)["params"]
+  count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+  # 24 blocks of 4*768^2 + 2*768*3072 weights (plus biases and norms), embeddings, head: about 170M.
+  per_block = 4 * (768 * 768 + 768) + 768 * 3072 + 3072 + 3072 * 768 + 768 + 4 * 768
+  expected = 24 * per_block + 2025 * 768 + 257 * 768 + 2 * 768 + 768 * 768 + 768 + 2 * 768 + 2025
+  assert count == expected and 169e6 < count < 173e6
+  assert params["block_0"]["MultiHeadDotProductAttention_0"]["query"]["kernel"].shape == (768, 16, 48)
+  logits = jax.eval_shape(lambda p, t: model.apply({"params": p}, t), params, tokens)
+  assert logits.shape == (2, 257, 2025)
+
+
+def test_small_transformer_ties_output_to_embeddings_and_drops_out_only_in_training():
+  from fsq.maskgit.vocab import Vocabulary
+  from fsq.models.transformer import BidirectionalTransformer
+
+  vocab = Vocabulary(codebook_size=16, num_classes=3)
+  assert vocab.mask_id == 19 and vocab.size == 20
+  np.testing.assert_array_equal(vocab.class_tokens(jnp.asarray([0, 2, -1])), [16, 18, 19])
+  tokens = vocab.sequence(jnp.asarray([1, 2]), jnp.asarray([[0, 19, 5, 19], [3, 3, 19, 19]]))
+  np.testing.assert_array_equal(tokens[:, 0], [17, 18])
+  model = BidirectionalTransformer(vocab.size, 5, hidden=32, num_layers=2, num_heads=4, mlp_dim=64)
+  variables = model.init(jax.random.key(0), tokens)
+  params = variables["params"]
+  assert params["output_bias"].shape == (20,) and "head_dense" in params
+    "kernel" in k for k in params["output_bias"] if isinstance(k, str)
+  )
+  eval_a = model.apply(variables, tokens)
+  np.testing.assert_array_equal(eval_a, model.apply(variables, tokens))
+  train = model.apply(variables, tokens, train=True, rngs={"dropout": jax.random.key(1)})
+  assert not np.allclose(train, eval_a)
+  # The output layer is tied: the gradient of one logit reaches the embedding row of that token.
+  grads = jax.grad(lambda p: model.apply({"params": p}, tokens)[0, 0, 7])(params)
+  assert float(jnp.abs(grads["token_embedding"]["embedding"][7]).sum()) > 0
+  np.testing.assert_array_equal(grads["output_bias"], np.eye(20)[7])
