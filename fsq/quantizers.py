@@ -205,13 +205,9 @@ def _check_integer(x, name: str) -> None:
 
 def _quantize(z: jax.Array, levels: Levels, eps: float, symmetric: bool) -> tuple[jax.Array, jax.Array]:
   """Codes (straight-through, compute dtype) and their digits as floats (NaN where z is NaN)."""
+  bounded = bound(z, levels, eps, symmetric=symmetric)
   levels = check_levels(levels)
-  eps = check_eps(eps)
-  _check_width(z, levels, "z")
-  _check_float(z, "z")
-  dtype = compute_dtype(z.dtype)
-  c = _constants(levels, eps, symmetric, dtype)
-  bounded = jnp.tanh(z.astype(dtype) + c["shift"]) * c["half_l"] - c["offset"]
+  c = _constants(levels, eps, symmetric, bounded.dtype)
   digits = jnp.round(bounded + c["center"])
   if eps * (max(levels) - 1) > 0.5:
     # The largest |bounded| overshoots the outermost grid point by eps * (L - 1) / 2, which can
