@@ -1,0 +1,46 @@
+"""GAN losses on hand-computed cases and the discriminator's shapes and downsampling."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsq import losses
+from fsq.models.discriminator import Discriminator, blur_downsample
+
+
+def test_gan_losses_hand_computed():
+  real, fake = jnp.asarray([0.0, 2.0]), jnp.asarray([-1.0, 0.0])
+  softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+  np.testing.assert_allclose(losses.generator_loss(fake), (softplus(1.0) + softplus(0.0)) / 2, rtol=1e-6)
+  expected = (softplus(0.0) + softplus(-2.0)) / 2 + (softplus(-1.0) + softplus(0.0)) / 2
+  np.testing.assert_allclose(losses.discriminator_loss(real, fake), expected, rtol=1e-6)
+
+
+def test_r1_penalty_of_a_linear_discriminator():
+  # D(x) = sum(w * x): its gradient is w everywhere, so R1 = |w|^2 for every image.
+  w = jax.random.normal(jax.random.key(0), (4, 4, 1))
+  x = jax.random.normal(jax.random.key(1), (3, 4, 4, 1))
+  penalty = losses.r1_penalty(lambda images: jnp.sum(images * w, axis=(1, 2, 3)), x)
+  np.testing.assert_allclose(penalty, float(jnp.sum(w**2)), rtol=1e-5)
+
+
+def test_blur_downsample_halves_and_preserves_constants():
+  x = jnp.ones((2, 8, 8, 3)) * 0.7
+  y = blur_downsample(x)
+  assert y.shape == (2, 4, 4, 3)
+  # The normalised [1, 3, 3, 1] kernel keeps a constant image constant away from the zero-padded border.
+  np.testing.assert_allclose(y[:, 1:-1, 1:-1], 0.7, rtol=1e-6)
+
+
+def test_discriminator_outputs_one_logit_per_image():
+  model = Discriminator(filters=8, channel_multipliers=(1, 2))
+  x = jax.random.normal(jax.random.key(2), (5, 16, 16, 1))
+  params = model.init(jax.random.key(3), x)
+  logits = model.apply(params, x)
+  assert logits.shape == (5,) and np.all(np.isfinite(logits))
+  full = jax.eval_shape(
+    lambda v: Discriminator().init(jax.random.key(0), v), jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
+  )
+  assert sum(math.prod(p.shape) for p in jax.tree.leaves(full)) > 10**6
