@@ -37,7 +37,7 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
   shape = pipeline.global_image_shape
   state = jax.jit(lambda r: task.init(r, {"image": jnp.zeros(shape)}))(jax.random.key(0))
   batch = mesh_lib.global_batch(next(pipeline.train_iterator()), mesh)
-  step = jax.jit(lambda s, b: task.train_step(s, b, jax.random.key(1)), donate_argnums=(0,))
+  step = jax.jit(lambda s, b: task.train_step(s, b, jax.random.key(1), {}), donate_argnums=(0,))
   compiled = step.lower(state, batch).compile()
   flops = _flops(compiled)
 

@@ -1,8 +1,10 @@
 """The autoencoder task: L2 reconstruction through any quantizer, for the generic training loop.
 
-A task is what a model family gives the loop (fsq/train/loop.py): ``init`` (a TrainState from an rng
-and an example batch), ``train_step``, ``eval_step`` (per-batch sums over valid examples, plus code
-counts), ``summarize`` (sums -> scalars), ``reconstruct`` (images to log), and the codebook shape.
+A task is what a model family gives the loop (fsq/train/loop.py): ``init`` (a state from an rng and an
+example batch), ``constants`` (frozen arrays the steps read, e.g. LPIPS weights, passed to every
+train step as an argument rather than baked into the program), ``train_step``, ``eval_step``
+(per-batch sums over valid examples, plus code counts), ``summarize`` (sums -> scalars),
+``reconstruct`` (images to log), and the codebook shape.
 """
 
 from __future__ import annotations
@@ -59,13 +61,23 @@ class AutoencoderTask:
     metrics = {"mse": mse, **{f"quantizer/{k}": aux[k] for k in _SCALAR_AUX if k in aux}}
     return loss, (metrics, dict(new_model_state))
 
-  def train_step(self, state: TrainState, batch: dict, rng: jax.Array) -> tuple[TrainState, dict]:
+  def constants(self) -> dict:
+    return {}
+
+  def eval_variables(self, state) -> dict:
+    """The variables evaluation and reconstructions use."""
+    return {"params": state.params, **state.model_state}
+
+  def train_step(
+    self, state: TrainState, batch: dict, rng: jax.Array, constants: dict
+  ) -> tuple[TrainState, dict]:
+    del constants
     return apply_gradients(state, self._loss, batch, rng)
 
   def eval_step(self, state: TrainState, batch: dict) -> dict[str, jax.Array]:
     """Sums over the valid examples of the batch: squared error, example count, code counts."""
     images, mask = batch["image"], batch["mask"]
-    recon, aux = self.model.apply({"params": state.params, **state.model_state}, images, train=False)
+    recon, aux = self.model.apply(self.eval_variables(state), images, train=False)
     per_example = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - images), axis=(1, 2, 3))
     size, groups = self.codebook_shape
     return {
@@ -81,5 +93,5 @@ class AutoencoderTask:
 
   def reconstruct(self, state: TrainState, batch: dict) -> jax.Array:
     """Reconstructions (B, H, W, C) in [-1, 1] of ``batch["image"]``."""
-    recon, _ = self.model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+    recon, _ = self.model.apply(self.eval_variables(state), batch["image"], train=False)
     return jnp.clip(recon, -1, 1)

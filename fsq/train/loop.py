@@ -130,9 +130,10 @@ def train_and_evaluate(
     log.info("resumed from step %d", start)
 
   batch_shardings = mesh_lib.batch_sharding(mesh)
+  constants = jax.device_put(task.constants(), mesh_lib.replicated(mesh))
   train_step = jax.jit(
-    lambda s, b: task.train_step(s, b, jax.random.fold_in(step_key, s.step)),
-    in_shardings=(shardings, batch_shardings),
+    lambda s, b, c: task.train_step(s, b, jax.random.fold_in(step_key, s.step), c),
+    in_shardings=(shardings, batch_shardings, mesh_lib.replicated(mesh)),
     out_shardings=(shardings, mesh_lib.replicated(mesh)),
     donate_argnums=(0,),
   )
@@ -181,7 +182,7 @@ def train_and_evaluate(
         batch = next(train_iter)
         if step == nan_step:
           batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
-        state, metrics = train_step(state, mesh_lib.global_batch(batch, mesh))
+        state, metrics = train_step(state, mesh_lib.global_batch(batch, mesh), constants)
         settle()  # the previous step, while this one runs
         pending = (step, metrics)
         last = step == config.num_train_steps

@@ -1,0 +1,150 @@
+"""The VQGAN tokenizer task (MaskGIT stage I): reconstruction, LPIPS and GAN losses, R1, parameter EMA.
+
+Each step updates the autoencoder (generator) on ``L2 + perceptual_weight * LPIPS + adversarial_weight *
+non-saturating GAN + quantizer loss`` with the current discriminator, then the discriminator on the
+logistic loss of real images against the (fixed) reconstructions plus ``r1_weight * R1``. Before
+``disc_start_step`` the GAN term is off and the discriminator and its optimizer state stay untouched.
+Evaluation and reconstructions use the exponential moving average of the generator's parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from fsq import losses
+from fsq.models.discriminator import Discriminator
+from fsq.models.lpips import LPIPS, pretrained_params
+from fsq.tasks.autoencoder import _SCALAR_AUX, AutoencoderTask
+
+
+@flax.struct.dataclass
+class GANState:
+  """Generator (``params``, ``model_state``, ``opt_state``), its EMA, and the discriminator's params
+  and optimizer state."""
+
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  ema_params: Any
+  disc_params: Any
+  disc_opt_state: Any
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  disc_tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerTask(AutoencoderTask):
+  """Stage I of MaskGIT. Defaults follow MaskGIT: perceptual 0.1, adversarial 0.1, R1 10, EMA 0.999; its
+  optimizers are Adam(b1=0, b2=0.99) at 1e-4 for both networks."""
+
+  discriminator: Discriminator
+  disc_optimizer: optax.GradientTransformation
+  perceptual_weight: float = 0.1
+  adversarial_weight: float = 0.1
+  r1_weight: float = 10.0
+  disc_start_step: int = 0
+  ema_decay: float = 0.999
+
+  def constants(self) -> dict:
+    """LPIPS weights (fetched by scripts/fetch_weights.py) when the perceptual loss is on."""
+    return {"lpips": pretrained_params()} if self.perceptual_weight else {}
+
+  def init(self, rng: jax.Array, batch: dict) -> GANState:
+    generator_rng, disc_rng = jax.random.split(rng)
+    variables = dict(self.model.init({"params": generator_rng}, batch["image"], train=False))
+    params = variables.pop("params")
+    disc_params = self.discriminator.init(disc_rng, batch["image"])["params"]
+    return GANState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=variables,
+      opt_state=self.optimizer.init(params),
+      ema_params=params,
+      disc_params=disc_params,
+      disc_opt_state=self.disc_optimizer.init(disc_params),
+      tx=self.optimizer,
+      disc_tx=self.disc_optimizer,
+    )
+
+  def eval_variables(self, state: GANState) -> dict:
+    return {"params": state.ema_params, **state.model_state}
+
+  def train_step(
+    self, state: GANState, batch: dict, rng: jax.Array, constants: dict
+  ) -> tuple[GANState, dict]:
+    images = batch["image"]
+    gan_on = state.step >= self.disc_start_step
+
+    def generator_loss(params):
+      (recon, aux), model_state = self.model.apply(
+        {"params": params, **state.model_state},
+        images,
+        train=True,
+        mutable=list(state.model_state),
+        rngs={"vq": rng},
+      )
+      recon = recon.astype(jnp.float32)
+      l2 = jnp.mean(jnp.square(recon - images))
+      perceptual = (
+        jnp.mean(LPIPS().apply({"params": constants["lpips"]}, recon, images))
+        if self.perceptual_weight
+        else 0.0
+      )
+      adversarial = losses.generator_loss(self.discriminator.apply({"params": state.disc_params}, recon))
+      loss = (
+        l2
+        + self.perceptual_weight * perceptual
+        + jnp.where(gan_on, self.adversarial_weight, 0.0) * adversarial
+        + aux.get("loss", 0.0)
+      )
+      metrics = {"mse": l2, "perceptual": perceptual, "generator_adversarial": adversarial}
+      metrics.update({f"quantizer/{k}": aux[k] for k in _SCALAR_AUX if k in aux})
+      return loss, (metrics, dict(model_state), recon)
+
+    (loss, (metrics, model_state, recon)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+      state.params
+    )
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    def disc_loss(disc_params):
+      def disc(x):
+        return self.discriminator.apply({"params": disc_params}, x)
+
+      logistic = losses.discriminator_loss(disc(images), disc(jax.lax.stop_gradient(recon)))
+      r1 = losses.r1_penalty(disc, images)
+      return logistic + self.r1_weight * r1, (logistic, r1)
+
+    (_, (logistic, r1)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc_params)
+    d_updates, d_opt_state = state.disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+    d_params = optax.apply_updates(state.disc_params, d_updates)
+
+    def keep_unless_on(new, old):
+      return jax.tree.map(lambda n, o: jnp.where(gan_on, n, o), new, old)
+
+    ema = jax.tree.map(lambda e, p: self.ema_decay * e + (1 - self.ema_decay) * p, state.ema_params, params)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      model_state=model_state,
+      opt_state=opt_state,
+      ema_params=ema,
+      disc_params=keep_unless_on(d_params, state.disc_params),
+      disc_opt_state=keep_unless_on(d_opt_state, state.disc_opt_state),
+    )
+    metrics.update(
+      loss=loss,
+      discriminator_loss=logistic,
+      r1=r1,
+      l2_grads=optax.tree.norm(grads),
+      l2_params=optax.tree.norm(params),
+      l2_disc_grads=optax.tree.norm(d_grads),
+    )
+    return new_state, metrics
