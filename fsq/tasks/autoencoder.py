@@ -4,7 +4,7 @@ A task is what a model family gives the loop (fsq/train/loop.py): ``init`` (a st
 example batch), ``constants`` (frozen arrays the steps read, e.g. LPIPS weights, passed to every
 train step as an argument rather than baked into the program), ``train_step``, ``eval_step``
 (per-batch sums over valid examples, plus code counts), ``summarize`` (sums -> scalars),
-``reconstruct`` (images to log), and the codebook shape.
+``log_images`` (named image batches to log), and the codebook shape.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ class AutoencoderTask:
     del constants
     return apply_gradients(state, self._loss, batch, rng)
 
-  def eval_step(self, state: TrainState, batch: dict) -> dict[str, jax.Array]:
+  def eval_step(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
     """Sums over the valid examples of the batch: squared error, example count, code counts."""
+    del constants
     images, mask = batch["image"], batch["mask"]
     recon, aux = self.model.apply(self.eval_variables(state), images, train=False)
     per_example = jnp.mean(jnp.square(jnp.clip(recon, -1, 1) - images), axis=(1, 2, 3))
@@ -91,7 +92,8 @@ class AutoencoderTask:
     # Images live in [-1, 1]: the peak-to-peak range is 2.
     return {"mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-12)))}
 
-  def reconstruct(self, state: TrainState, batch: dict) -> jax.Array:
-    """Reconstructions (B, H, W, C) in [-1, 1] of ``batch["image"]``."""
+  def log_images(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
+    """The batch's images and their reconstructions (B, H, W, C) in [-1, 1]."""
+    del constants
     recon, _ = self.model.apply(self.eval_variables(state), batch["image"], train=False)
-    return jnp.clip(recon, -1, 1)
+    return {"originals": batch["image"], "reconstructions": jnp.clip(recon, -1, 1)}

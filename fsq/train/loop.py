@@ -69,14 +69,16 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
       )
 
 
-def evaluate(task, state, pipeline: InputPipeline, eval_step, mesh, num_batches: int) -> dict[str, float]:
+def evaluate(
+  task, state, constants, pipeline: InputPipeline, eval_step, mesh, num_batches: int
+) -> dict[str, float]:
   """Runs the task's eval step over the evaluation split (or num_batches of it) and summarises it,
   with codebook usage counted over every evaluated example."""
   size, groups = task.codebook_shape
   usage = CodebookUsage.create(size, groups)
   sums: dict[str, np.ndarray] = {}
   for local in pipeline.eval_batches(num_batches):
-    out = jax.device_get(eval_step(state, mesh_lib.global_batch(local, mesh)))
+    out = jax.device_get(eval_step(state, mesh_lib.global_batch(local, mesh), constants))
     usage.add_counts(out.pop("code_counts"))
     for key, value in out.items():
       sums[key] = sums.get(key, 0.0) + np.asarray(value, np.float64)
@@ -137,24 +139,22 @@ def train_and_evaluate(
     out_shardings=(shardings, mesh_lib.replicated(mesh)),
     donate_argnums=(0,),
   )
+  replicated = mesh_lib.replicated(mesh)
   eval_step = jax.jit(
-    task.eval_step, in_shardings=(shardings, batch_shardings), out_shardings=mesh_lib.replicated(mesh)
+    task.eval_step, in_shardings=(shardings, batch_shardings, replicated), out_shardings=replicated
   )
-  # Replicated outputs: every process can read the whole global batch and its reconstructions.
-  reconstruct = jax.jit(
-    lambda s, b: (b["image"], task.reconstruct(s, b)),
-    in_shardings=(shardings, batch_shardings),
-    out_shardings=mesh_lib.replicated(mesh),
+  # Replicated outputs: every process can read the whole batch of images to log.
+  log_images = jax.jit(
+    task.log_images, in_shardings=(shardings, batch_shardings, replicated), out_shardings=replicated
   )
   nan_step = config.get("debug_nan_at_step", -1)
 
   def log_eval(step):
-    metrics = evaluate(task, state, pipeline, eval_step, mesh, config.num_eval_batches)
+    metrics = evaluate(task, state, constants, pipeline, eval_step, mesh, config.num_eval_batches)
     writer.write_scalars(step, metrics, split="eval")
     images = pipeline.eval_image_batch()
-    originals, recon = jax.device_get(reconstruct(state, mesh_lib.global_batch(images, mesh)))
-    shown = min(16, recon.shape[0])
-    writer.write_images(step, {"originals": originals[:shown], "reconstructions": recon[:shown]}, "eval")
+    images = jax.device_get(log_images(state, mesh_lib.global_batch(images, mesh), constants))
+    writer.write_images(step, {name: batch[:16] for name, batch in images.items()}, "eval")
     log.info("eval step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics
 

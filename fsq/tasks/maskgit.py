@@ -1,0 +1,142 @@
+"""MaskGIT stage II: the class-conditional transformer on tokens of a frozen tokenizer.
+
+Images are tokenised on the fly by the frozen tokenizer (its variables are task constants): the data
+pipeline, its sharding and its exact-resume state stay the same as in stage I, and at CPU scale the
+encoder costs little next to the transformer. (For paper-scale runs pre-tokenising the dataset once
+saves the encoder's FLOPs every epoch.)
+
+Each step masks ``training_mask`` positions (cosine ratio, at least 0.45 of the tokens), replaces 10% of
+the labels by the null class, and minimises label-smoothed (0.1) cross-entropy over the masked
+positions only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fsq.maskgit.decode import decode
+from fsq.maskgit.schedule import training_mask
+from fsq.maskgit.vocab import Vocabulary
+from fsq.metrics import code_counts
+from fsq.models.autoencoder import Autoencoder
+from fsq.models.transformer import BidirectionalTransformer
+from fsq.train.state import TrainState, apply_gradients
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskGITTask:
+  """Stage II. ``tokenizer_variables`` are the frozen tokenizer's variables (EMA parameters in stage I)."""
+
+  tokenizer: Autoencoder
+  tokenizer_variables: dict
+  transformer: BidirectionalTransformer
+  vocab: Vocabulary
+  optimizer: optax.GradientTransformation
+  min_mask_ratio: float = 0.45
+  label_drop_rate: float = 0.1
+  label_smoothing: float = 0.1
+
+  @property
+  def codebook_shape(self) -> tuple[int, int]:
+    return self.vocab.codebook_size, 1
+
+  def constants(self) -> dict:
+    return {"tokenizer": self.tokenizer_variables}
+
+  def tokens(self, constants: dict, images: jax.Array) -> jax.Array:
+    """(B, H, W, C) images -> (B, S) int32 tokens of the frozen tokenizer."""
+    indices = self.tokenizer.apply(constants["tokenizer"], images, method=Autoencoder.encode)
+    return jax.lax.stop_gradient(indices.reshape(indices.shape[0], -1))
+
+  def init(self, rng: jax.Array, batch: dict) -> TrainState:
+    tokens = jnp.zeros((batch["image"].shape[0], self.transformer.seq_len), jnp.int32)
+    params = self.transformer.init(rng, tokens)["params"]
+    return TrainState.create(params, {}, self.optimizer)
+
+  def masked_loss(self, params, tokens, labels, rng, train: bool):
+    """Label-smoothed cross-entropy over masked positions; returns (loss, masked accuracy)."""
+    mask_rng, drop_rng, dropout_rng = jax.random.split(rng, 3)
+    masked = training_mask(mask_rng, tokens.shape[0], tokens.shape[1], self.min_mask_ratio)
+    if train:
+      labels = jnp.where(jax.random.uniform(drop_rng, labels.shape) < self.label_drop_rate, -1, labels)
+    inputs = self.vocab.sequence(labels, jnp.where(masked, self.vocab.mask_id, tokens))
+    logits = self.transformer.apply({"params": params}, inputs, train=train, rngs={"dropout": dropout_rng})
+    logits = logits[:, 1:, : self.vocab.codebook_size]
+    targets = optax.smooth_labels(jax.nn.one_hot(tokens, self.vocab.codebook_size), self.label_smoothing)
+    per_token = optax.softmax_cross_entropy(logits, targets)
+    weights = masked.astype(jnp.float32)
+    loss = jnp.sum(per_token * weights) / jnp.sum(weights)
+    accuracy = jnp.sum((jnp.argmax(logits, -1) == tokens) * weights) / jnp.sum(weights)
+    return loss, accuracy
+
+  def train_step(self, state: TrainState, batch: dict, rng: jax.Array, constants: dict):
+    tokens = self.tokens(constants, batch["image"])
+
+    def loss_fn(params, model_state, batch, rng):
+      loss, accuracy = self.masked_loss(params, tokens, batch["label"], rng, train=True)
+      return loss, ({"masked_accuracy": accuracy}, model_state)
+
+    return apply_gradients(state, loss_fn, batch, rng)
+
+  def eval_step(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
+    """Masked-token loss and accuracy (fixed masks) and code counts over the valid examples."""
+    tokens = self.tokens(constants, batch["image"])
+    loss, accuracy = self.masked_loss(state.params, tokens, batch["label"], jax.random.key(0), train=False)
+    count = jnp.sum(batch["mask"])
+    return {
+      "loss_sum": loss * count,
+      "accuracy_sum": accuracy * count,
+      "count": count,
+      "code_counts": code_counts(tokens, self.vocab.codebook_size, 1, weights=batch["mask"]),
+    }
+
+  def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
+    count = max(float(sums["count"]), 1.0)
+    return {
+      "masked_loss": float(sums["loss_sum"]) / count,
+      "masked_accuracy": float(sums["accuracy_sum"]) / count,
+    }
+
+  def log_images(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
+    """Class-conditional samples for the batch's labels (a fixed key, so evaluations are comparable)."""
+    return {"samples": self.sample(state, constants, batch["label"], jax.random.key(0))}
+
+  def sample(
+    self,
+    state: TrainState,
+    constants: dict,
+    labels: jax.Array,
+    rng: jax.Array,
+    *,
+    num_steps: int = 12,
+    guidance_scale: float = 0.0,
+  ) -> jax.Array:
+    """Class-conditional images (B, H, W, C) in [-1, 1] for (B,) labels."""
+
+    def logits_fn(tokens, class_tokens):
+      inputs = jnp.concatenate([class_tokens[:, None], tokens], axis=1)
+      return self.transformer.apply({"params": state.params}, inputs)[:, 1:]
+
+    seq_len = self.transformer.seq_len - 1
+    tokens, _ = decode(
+      rng,
+      logits_fn,
+      self.vocab.class_tokens(labels),
+      seq_len=seq_len,
+      mask_id=self.vocab.mask_id,
+      codebook_size=self.vocab.codebook_size,
+      num_steps=num_steps,
+      guidance_scale=guidance_scale,
+      null_class_id=self.vocab.mask_id,
+    )
+    side = math.isqrt(seq_len)
+    images = self.tokenizer.apply(
+      constants["tokenizer"], tokens.reshape(-1, side, side), method=Autoencoder.decode
+    )
+    return jnp.clip(images, -1, 1)
