@@ -64,3 +64,25 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_latest_on_one_device(directory: str | Path) -> tuple[int, dict]:
+  """(step, state as a dict of arrays on the first local device) of the newest checkpoint in directory.
+
+  For reading a finished run's state from another job (a frozen tokenizer in stage II), whatever mesh
+  and process count wrote it.
+  """
+  manager = ocp.CheckpointManager(
+    Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
+  )
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"no checkpoint in {directory}")
+  path = Path(directory).absolute() / str(step) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    checkpointer.metadata(path).item_metadata,
+  )
+  return step, checkpointer.restore(path, target)

@@ -1,0 +1,109 @@
+"""MaskGIT with an FSQ or VQ tokenizer: the paper's runs and their CPU-scale twins, one config function.
+
+  python -m scripts.train --config configs/maskgit.py:stage=tokenizer,run=imagenet256,quantizer=fsq \
+      --workdir W1
+  python -m scripts.train --config configs/maskgit.py:stage=transformer,run=imagenet256,quantizer=fsq \\
+      --config.tokenizer_workdir=W1 --workdir W2
+
+Arguments (comma-separated key=value):
+  stage      tokenizer (stage I) | transformer (stage II)
+  run        imagenet256 (Fig. 4: FSQ [8,5,5,5] vs VQ 1024) | imagenet128 (Fig. 3, the codebook-size study)
+             | cpu (Fashion-MNIST padded to 32x32, 8x8 tokens: the same code in minutes)
+  quantizer  fsq | vq
+  codebook   log2 of the codebook size for run=imagenet128 (8, 10, 12, 14, 16; default 10); FSQ takes the
+             paper's levels for it, VQ that many codes
+Hyperparameters are those listed in ../shared/PAPER.md (MaskGIT's VQGAN and transformer configs and the
+FSQ paper's changes); tests/test_configs.py checks them point by point.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs.autoencoder import get_config as autoencoder_config
+from configs.autoencoder import parse_arg
+from fsq.quantizers import levels_for_codebook_size
+
+RUNS = {
+  # image size, stage I batch and steps, stage II batch and steps, dataset
+  "imagenet256": dict(image_size=256, batch_1=512, steps_1=1_000_000, batch_2=256, steps_2=2_500_000),
+  "imagenet128": dict(image_size=128, batch_1=256, steps_1=500_000, batch_2=256, steps_2=1_000_000),
+  "cpu": dict(image_size=32, batch_1=64, steps_1=1000, batch_2=64, steps_2=1000),
+}
+# Best classifier-free guidance scale per tokenizer (Fig. 4).
+GUIDANCE = {"fsq": 0.2, "vq": 0.1}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_arg(arg)
+  unknown = set(args) - {"stage", "run", "quantizer", "codebook"}
+  if unknown:
+    raise ValueError(f"unknown config arguments {sorted(unknown)} in {arg!r}")
+  stage, run, kind = args.get("stage", "tokenizer"), args.get("run", "cpu"), args.get("quantizer", "fsq")
+  if stage not in ("tokenizer", "transformer"):
+    raise ValueError(f"stage must be 'tokenizer' or 'transformer', got {stage!r}")
+  if run not in RUNS:
+    raise ValueError(f"run must be one of {sorted(RUNS)}, got {run!r}")
+  if kind not in GUIDANCE:
+    raise ValueError(f"quantizer must be 'fsq' or 'vq', got {kind!r}")
+  bits = int(args.get("codebook", 10))
+  if run != "imagenet128" and bits != 10:
+    raise ValueError(f"codebook is an argument of run=imagenet128 only, got codebook={bits} for run={run}")
+  r = RUNS[run]
+
+  c = autoencoder_config("size=cpu" if run == "cpu" else "size=tokenizer")
+  c.task = stage
+  c.num_train_steps = r["steps_1"] if stage == "tokenizer" else r["steps_2"]
+  c.batch_size = r["batch_1"] if stage == "tokenizer" else r["batch_2"]
+  c.eval_every_steps = 500 if run == "cpu" else 10_000
+  c.checkpoint_every_steps = 250 if run == "cpu" else 5_000
+  if run != "cpu":
+    c.data.name, c.data.image_size, c.data.channels = "imagenet2012", r["image_size"], 3
+    c.data.eval_split, c.data.resize_mode, c.data.random_flip = "validation", "crop", True
+    c.data.data_dir = "~/tensorflow_datasets"
+
+  levels = levels_for_codebook_size(2**bits)
+  c.quantizer.kind = "fsq" if kind == "fsq" else "vq_maskgit"
+  c.quantizer.levels = levels
+  c.quantizer.codebook_size = 2**bits
+  c.quantizer.vq_dim = 256 if run != "cpu" else 32
+
+  c.gan = ml_collections.ConfigDict()
+  c.gan.perceptual_weight = 0.1 if run != "cpu" else 0.0  # LPIPS is costly on CPU; a flag turns it on
+  c.gan.adversarial_weight = 0.1
+  c.gan.r1_weight = 10.0
+  c.gan.disc_start_step = 0 if run != "cpu" else 200
+  c.gan.ema_decay = 0.999 if run != "cpu" else 0.99
+  c.gan.disc_filters = 128 if run != "cpu" else 16
+  c.gan.disc_channel_multipliers = (1, 2, 4, 4, 4, 4) if run != "cpu" else (1, 2, 2)
+
+  if stage == "tokenizer":
+    c.optimizer.learning_rate = 1e-4 if run != "cpu" else 1e-3
+    c.optimizer.b1, c.optimizer.b2 = 0.0, 0.99
+    c.optimizer.warmup_steps = 0 if run != "cpu" else 50
+    c.optimizer.schedule = "constant"
+    c.optimizer.grad_clip_norm = 0.0
+  else:
+    c.optimizer.learning_rate = 1e-4 if run != "cpu" else 1e-3
+    c.optimizer.b1, c.optimizer.b2 = 0.9, 0.96
+    c.optimizer.weight_decay = 0.045
+    c.optimizer.warmup_steps = 5000 if run != "cpu" else 100
+    c.optimizer.schedule = "cosine"
+    c.optimizer.grad_clip_norm = 0.0
+
+  c.transformer = ml_collections.ConfigDict()
+  big = run != "cpu"
+  c.transformer.num_layers = 24 if big else 4
+  c.transformer.hidden = 768 if big else 128
+  c.transformer.num_heads = 16 if big else 4
+  c.transformer.mlp_dim = 3072 if big else 512
+  c.transformer.dropout = 0.1
+  c.transformer.num_classes = 1000 if big else 10
+  c.transformer.min_mask_ratio = 0.45
+  c.transformer.label_drop_rate = 0.1
+  c.transformer.label_smoothing = 0.1
+  c.sampling = ml_collections.ConfigDict(
+    dict(num_steps=12, choice_temperature=4.5, guidance_scale=GUIDANCE[kind])
+  )
+  c.tokenizer_workdir = ""  # stage II: the stage I workdir whose newest checkpoint is the frozen tokenizer
+  return c

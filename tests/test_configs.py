@@ -1,0 +1,85 @@
+"""The paper's MaskGIT configs: hyperparameters against PAPER.md point by point, full-size shapes by eval_shape."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs.maskgit import get_config
+from fsq.tasks import build_maskgit_task, build_task
+from fsq.train.validate import validate_config
+
+TABLE_1 = {8: (8, 6, 5), 10: (8, 5, 5, 5), 12: (7, 5, 5, 5, 5), 14: (8, 8, 8, 6, 5), 16: (8, 8, 8, 5, 5, 5)}
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "vq"])
+def test_imagenet256_stage_one_matches_the_paper(quantizer):
+  c = get_config(f"stage=tokenizer,run=imagenet256,quantizer={quantizer}")
+  validate_config(c)
+  assert (c.batch_size, c.num_train_steps, c.data.image_size) == (512, 1_000_000, 256)
+  assert (c.model.filters, tuple(c.model.channel_multipliers), c.model.num_res_blocks) == (
+    128,
+    (1, 1, 2, 2, 4),
+    2,
+  )
+  assert c.model.norm_groups == 32 and not c.model.maskgit_shortcut_quirk
+  g = c.gan
+  assert (g.perceptual_weight, g.adversarial_weight, g.r1_weight, g.ema_decay) == (0.1, 0.1, 10.0, 0.999)
+  assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.learning_rate) == (0.0, 0.99, 1e-4)
+  quantizer_module = build_task(c).model.quantizer
+  if quantizer == "fsq":
+    assert tuple(quantizer_module.levels) == (8, 5, 5, 5)
+  else:
+    assert (quantizer_module.codebook_size, quantizer_module.dim) == (1024, 256)
+    assert (quantizer_module.commitment_cost, quantizer_module.entropy_loss_weight) == (0.25, 0.1)
+    assert quantizer_module.entropy_temperature == 0.01 and quantizer_module.ema_decay is None
+
+
+@pytest.mark.parametrize("quantizer,guidance", [("fsq", 0.2), ("vq", 0.1)])
+def test_imagenet256_stage_two_matches_the_paper(quantizer, guidance):
+  c = get_config(f"stage=transformer,run=imagenet256,quantizer={quantizer}")
+  validate_config(c)
+  t = c.transformer
+  assert (t.num_layers, t.hidden, t.num_heads, t.mlp_dim, t.dropout) == (24, 768, 16, 3072, 0.1)
+  assert (t.label_smoothing, t.min_mask_ratio, t.label_drop_rate, t.num_classes) == (0.1, 0.45, 0.1, 1000)
+  o = c.optimizer
+  assert (o.b1, o.b2, o.learning_rate, o.warmup_steps, o.weight_decay) == (0.9, 0.96, 1e-4, 5000, 0.045)
+  assert (c.batch_size, c.num_train_steps) == (256, 2_500_000)
+  assert (c.sampling.num_steps, c.sampling.choice_temperature, c.sampling.guidance_scale) == (
+    12,
+    4.5,
+    guidance,
+  )
+
+
+@pytest.mark.parametrize("bits", sorted(TABLE_1))
+def test_codebook_study_uses_table_1_levels_and_vq_sizes(bits):
+  fsq = get_config(f"stage=tokenizer,run=imagenet128,quantizer=fsq,codebook={bits}")
+  vq = get_config(f"stage=tokenizer,run=imagenet128,quantizer=vq,codebook={bits}")
+  assert tuple(fsq.quantizer.levels) == TABLE_1[bits] and vq.quantizer.codebook_size == 2**bits
+  assert (fsq.batch_size, fsq.num_train_steps, fsq.data.image_size) == (256, 500_000, 128)
+  stage_two = get_config(f"stage=transformer,run=imagenet128,quantizer=fsq,codebook={bits}")
+  assert (stage_two.batch_size, stage_two.num_train_steps) == (256, 1_000_000)
+  with pytest.raises(ValueError, match="codebook"):
+    get_config(f"stage=tokenizer,run=imagenet256,codebook={bits + 1}")
+
+
+def test_full_size_models_build_without_allocating():
+  c = get_config("stage=tokenizer,run=imagenet256,quantizer=fsq")
+  task = build_task(c)
+  images = jax.ShapeDtypeStruct((2, 256, 256, 3), jnp.float32)
+  state = jax.eval_shape(task.init, jax.random.key(0), {"image": images})
+  latents = jax.eval_shape(
+    lambda p, x: task.model.apply({"params": p}, x, method=lambda m, v: m.encoder(v)), state.params, images
+  )
+  assert latents.shape == (2, 16, 16, 4)  # 16x downsampling, len([8, 5, 5, 5]) channels
+  assert sum(math.prod(p.shape) for p in jax.tree.leaves(state.disc_params)) > 10**7
+  c2 = get_config("stage=transformer,run=imagenet256,quantizer=vq")
+  tokenizer_task = build_task(get_config("stage=tokenizer,run=imagenet256,quantizer=vq"))
+  tokenizer = jax.eval_shape(tokenizer_task.model.init, jax.random.key(0), images)
+  stage_two = build_maskgit_task(c2, tokenizer_variables=tokenizer)
+  params = jax.eval_shape(stage_two.init, jax.random.key(0), {"image": images}).params
+  count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+  assert stage_two.vocab.size == 1024 + 1000 + 1 and stage_two.transformer.seq_len == 257
+  assert 169e6 < count < 173e6  # "about 170M parameters with a 1024-code vocabulary"
