@@ -1,4 +1,4 @@
-"""The paper's MaskGIT configs: hyperparameters against PAPER.md point by point, full-size shapes by eval_shape."""
+"""The paper's MaskGIT configs: hyperparameters against PAPER.md, full-size shapes by eval_shape."""
 
 import math
 
