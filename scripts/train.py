@@ -14,6 +14,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -64,6 +65,9 @@ def main(argv: list[str]) -> None:
     stream=sys.stdout,
     force=True,
   )
+  # orbax and tfds log every file operation at INFO, some of it from their own threads.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.WARNING)
   initialize_distributed()
   from fsq.train.loop import train_and_evaluate
   from fsq.train.validate import validate_config
