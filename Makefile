@@ -44,3 +44,4 @@ test: lint data weights
 benchmark: $(STAMP) data
 	$(PY) -m scripts.benchmark --suite quantizers --out artifacts/benchmark_quantizers.json
 	$(PY) -m scripts.benchmark --suite train --out artifacts/benchmark_train.json
+	$(PY) -m scripts.benchmark --suite maskgit --out artifacts/benchmark_maskgit.json

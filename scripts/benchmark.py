@@ -155,9 +155,16 @@ def _train(args: argparse.Namespace) -> dict[str, object]:
   return train_suite(args.train_steps, args.batch_size, args.data_dir)
 
 
+def _maskgit(args: argparse.Namespace) -> dict[str, object]:
+  from scripts.benchmark_maskgit import maskgit_suite
+
+  return maskgit_suite(args.batch_size)
+
+
 SUITES = {
   "quantizers": lambda args: quantizers_suite(args.repeats, args.fsq_rows, args.vq_rows, args.vq_dim),
   "train": _train,
+  "maskgit": _maskgit,
 }
 
 
