@@ -17,7 +17,7 @@ from fsq.tasks import build_autoencoder, build_maskgit_task
 
 def maskgit_suite(batch_size: int, matmul_size: int = 2048) -> dict[str, object]:
   from scripts.benchmark import time_calls
-  from scripts.benchmark_train import _flops
+  from scripts.benchmark_train import _flops, matmul_case
 
   config = get_config("stage=transformer,run=cpu")
   tokenizer = build_autoencoder(config)
@@ -40,13 +40,12 @@ def maskgit_suite(batch_size: int, matmul_size: int = 2048) -> dict[str, object]
   batch = {"image": jax.random.uniform(jax.random.key(3), images.shape, minval=-1, maxval=1), "label": labels}
   step = jax.jit(lambda s, b, c: task.train_step(s, b, jax.random.key(4), c))
   compiled = step.lower(state, batch, constants).compile()
-  a = jax.random.normal(jax.random.key(5), (matmul_size, matmul_size), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
+  matmul, matmul_ops = matmul_case(matmul_size)
   seconds = time_calls(
     {
       "sample": lambda: sample(state, constants, labels),
       "step": lambda: compiled(state, batch, constants),
-      "matmul": lambda: matmul(a),
+      "matmul": matmul,
     },
     repeats=3,
     min_seconds=0,
@@ -63,7 +62,7 @@ def maskgit_suite(batch_size: int, matmul_size: int = 2048) -> dict[str, object]
   ]
   for row in rows:
     row["us_per_vector"] = row["seconds"] / row["shape"][0] * 1e6
-  matmul_flops = 2 * matmul_size**3 / seconds["matmul"]
+  matmul_flops = matmul_ops / seconds["matmul"]
   step_flops = _flops(compiled) / seconds["step"]
   return {
     "rows": rows,

@@ -25,6 +25,13 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", 0.0))
 
 
+def matmul_case(size: int = 2048):
+  """(a jitted callable, its FLOPs): a size^3 float32 matmul, the machine's reachable FLOP/s."""
+  a = jax.random.normal(jax.random.key(2), (size, size), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  return (lambda: matmul(a)), 2 * size**3
+
+
 def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2048) -> dict[str, object]:
   """Times ``steps`` train steps, the matmul and ``steps`` input batches; returns rows and ratios."""
   from scripts.benchmark import time_calls
@@ -47,9 +54,8 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
       state, metrics = compiled(state, batch)
     return metrics
 
-  a = jax.random.normal(jax.random.key(2), (matmul_size, matmul_size), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  seconds = time_calls({"steps": run_steps, "matmul": lambda: matmul(a)}, repeats=3, min_seconds=0)
+  matmul, matmul_ops = matmul_case(matmul_size)
+  seconds = time_calls({"steps": run_steps, "matmul": matmul}, repeats=3, min_seconds=0)
   step_s = seconds["steps"] / steps
 
   iterator = pipeline.train_iterator()
@@ -59,7 +65,7 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
     next(iterator)
   input_s = (time.perf_counter() - start) / steps
 
-  matmul_flops = 2 * matmul_size**3 / seconds["matmul"]
+  matmul_flops = matmul_ops / seconds["matmul"]
   rows = [
     {"name": "train step (autoencoder, fsq)", "shape": list(shape), "seconds": step_s},
     {"name": "input pipeline batch", "shape": list(shape), "seconds": input_s},

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 from configs.autoencoder import get_config
 from fsq.data import pipeline
-from fsq.train.checkpoint import Checkpointer
+from fsq.train.checkpoint import Checkpointer, restore_on_one_device
 from fsq.train.loop import NonFiniteLossError, train_and_evaluate
 from fsq.train.validate import validate_config
 
@@ -53,15 +53,7 @@ def read_metrics(workdir, split="train"):
 
 
 def restore_state(workdir, step):
-  """The saved state on one local device, whatever mesh and process count saved it."""
-  path = Path(workdir).absolute() / "checkpoints" / str(step) / "state"
-  checkpointer = ocp.StandardCheckpointer()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(
-    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-    checkpointer.metadata(path).item_metadata,
-  )
-  return checkpointer.restore(path, target)
+  return restore_on_one_device(Path(workdir) / "checkpoints" / str(step))
 
 
 def restore_params(workdir, step):

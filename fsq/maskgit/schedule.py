@@ -14,19 +14,23 @@ import numpy as np
 METHODS = ("cosine", "linear", "square")
 
 
-def mask_ratio(progress: jax.Array, method: str = "cosine") -> jax.Array:
-  """Fraction of tokens masked at ``progress`` in [0, 1]: 1 at 0, 0 at 1, decreasing.
-
-  cosine: cos(pi/2 r); linear: 1 - r; square: 1 - r^2. Same shape as progress, float32.
-  """
-  r = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+def _ratio(xp, r, method: str):
+  """The schedule with array module xp (jnp on device, np for host-side float64 tables)."""
   if method == "cosine":
-    return jnp.maximum(jnp.cos(jnp.pi / 2 * r), 0.0)  # cos(pi/2) is -4e-8 in float32
+    return xp.maximum(xp.cos(xp.pi / 2 * r), 0.0)  # cos(pi/2) is -4e-8 in float32
   if method == "linear":
     return 1.0 - r
   if method == "square":
     return 1.0 - r**2
   raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+def mask_ratio(progress: jax.Array, method: str = "cosine") -> jax.Array:
+  """Fraction of tokens masked at ``progress`` in [0, 1]: 1 at 0, 0 at 1, decreasing.
+
+  cosine: cos(pi/2 r); linear: 1 - r; square: 1 - r^2. Same shape as progress, float32.
+  """
+  return _ratio(jnp, jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0), method)
 
 
 def training_mask(
@@ -59,14 +63,6 @@ def tokens_to_remask(
   step. The ratios are computed in float64 on the host (so that N * cos(pi / 3) is exactly N / 2), then
   used in float32.
   """
-  progress = np.arange(1, num_steps + 1, dtype=np.float64) / num_steps
-  if method == "cosine":
-    table = np.maximum(np.cos(np.pi / 2 * progress), 0.0)
-  elif method == "linear":
-    table = 1.0 - progress
-  elif method == "square":
-    table = 1.0 - progress**2
-  else:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  table = _ratio(np, np.arange(1, num_steps + 1, dtype=np.float64) / num_steps, method)
   ratio = jnp.asarray(table, jnp.float32)[step]
   return jnp.floor(jnp.asarray(num_unknown_at_start, jnp.float32) * ratio).astype(jnp.int32)

@@ -66,23 +66,25 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_latest_on_one_device(directory: str | Path) -> tuple[int, dict]:
-  """(step, state as a dict of arrays on the first local device) of the newest checkpoint in directory.
-
-  For reading a finished run's state from another job (a frozen tokenizer in stage II), whatever mesh
-  and process count wrote it.
-  """
-  manager = ocp.CheckpointManager(
-    Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
-  )
-  step = manager.latest_step()
-  if step is None:
-    raise ValueError(f"no checkpoint in {directory}")
-  path = Path(directory).absolute() / str(step) / "state"
+def restore_on_one_device(step_dir: str | Path) -> dict:
+  """The state saved in a step directory, as arrays on the first local device, whatever mesh and
+  process count wrote it (for reading another run's state, e.g. a frozen tokenizer in stage II)."""
+  path = Path(step_dir).absolute() / "state"
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
     lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
     checkpointer.metadata(path).item_metadata,
   )
-  return step, checkpointer.restore(path, target)
+  return checkpointer.restore(path, target)
+
+
+def restore_latest_on_one_device(directory: str | Path) -> tuple[int, dict]:
+  """(step, ``restore_on_one_device`` of it) for the newest checkpoint in directory."""
+  manager = ocp.CheckpointManager(
+    Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
+  )
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"no checkpoint in {directory}")
+  return step, restore_on_one_device(Path(directory) / str(step))
