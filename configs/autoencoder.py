@@ -12,6 +12,8 @@ Any field can then be overridden with --config.FIELD=VALUE.
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 SIZES = {
@@ -29,6 +31,13 @@ def parse_arg(arg: str | None) -> dict[str, str]:
       raise ValueError(f"config argument items must be key=value, got {item!r} in {arg!r}")
     out[key.strip()] = value.strip()
   return out
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+  """'8-5-5-5' -> (8, 5, 5, 5); anything else is a ValueError naming the text."""
+  if not re.fullmatch(r"\d+(-\d+)*", text):
+    raise ValueError(f"levels must be integers joined by '-', e.g. 8-5-5-5, got {text!r}")
+  return tuple(int(v) for v in text.split("-"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -71,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.quantizer = ml_collections.ConfigDict()
   c.quantizer.kind = args.get("quantizer", "fsq")
-  c.quantizer.levels = tuple(int(v) for v in args.get("levels", "8-5-5-5").split("-"))
+  c.quantizer.levels = parse_levels(args.get("levels", "8-5-5-5"))
   c.quantizer.num_codebooks = 1
   c.quantizer.num_stages = 2
   c.quantizer.num_bits = 10

@@ -10,8 +10,9 @@ Arguments (comma-separated key=value):
   run        imagenet256 (Fig. 4: FSQ [8,5,5,5] vs VQ 1024) | imagenet128 (Fig. 3, the codebook-size study)
              | cpu (Fashion-MNIST padded to 32x32, 8x8 tokens: the same code in minutes)
   quantizer  fsq | vq
-  codebook   log2 of the codebook size for run=imagenet128 (8, 10, 12, 14, 16; default 10); FSQ takes the
-             paper's levels for it, VQ that many codes
+  codebook   log2 of the codebook size (8, 10, 12, 14, 16) for run=imagenet128 (the study's sizes) and
+             run=cpu; default 10. FSQ takes the paper's Table-1 levels for it, VQ that many codes
+  levels     FSQ levels joined by '-' (e.g. 8-8-8 or 7-5-5-5-5), for any run; overrides codebook
 Hyperparameters are those listed in ../shared/PAPER.md (MaskGIT's VQGAN and transformer configs and the
 FSQ paper's changes); tests/test_configs.py checks them point by point.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.autoencoder import get_config as autoencoder_config
-from configs.autoencoder import parse_arg
+from configs.autoencoder import parse_arg, parse_levels
 from fsq.quantizers import levels_for_codebook_size
 
 RUNS = {
@@ -36,7 +37,7 @@ GUIDANCE = {"fsq": 0.2, "vq": 0.1}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg)
-  unknown = set(args) - {"stage", "run", "quantizer", "codebook"}
+  unknown = set(args) - {"stage", "run", "quantizer", "codebook", "levels"}
   if unknown:
     raise ValueError(f"unknown config arguments {sorted(unknown)} in {arg!r}")
   stage, run, kind = args.get("stage", "tokenizer"), args.get("run", "cpu"), args.get("quantizer", "fsq")
@@ -47,8 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if kind not in GUIDANCE:
     raise ValueError(f"quantizer must be 'fsq' or 'vq', got {kind!r}")
   bits = int(args.get("codebook", 10))
-  if run != "imagenet128" and bits != 10:
-    raise ValueError(f"codebook is an argument of run=imagenet128 only, got codebook={bits} for run={run}")
+  if run == "imagenet256" and bits != 10:
+    raise ValueError(f"codebook is an argument of run=imagenet128 and run=cpu, got codebook={bits} for {run}")
+  if "levels" in args and kind != "fsq":
+    raise ValueError(f"levels is an argument of quantizer=fsq, got levels={args['levels']} for {kind}")
   r = RUNS[run]
 
   c = autoencoder_config("size=cpu" if run == "cpu" else "size=tokenizer")
@@ -62,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.eval_split, c.data.resize_mode, c.data.random_flip = "validation", "crop", True
     c.data.data_dir = "~/tensorflow_datasets"
 
-  levels = levels_for_codebook_size(2**bits)
+  levels = parse_levels(args["levels"]) if "levels" in args else levels_for_codebook_size(2**bits)
   c.quantizer.kind = "fsq" if kind == "fsq" else "vq_maskgit"
   c.quantizer.levels = levels
   c.quantizer.codebook_size = 2**bits
@@ -103,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.transformer.label_drop_rate = 0.1
   c.transformer.label_smoothing = 0.1
   c.sampling = ml_collections.ConfigDict(
-    dict(num_steps=12, choice_temperature=4.5, guidance_scale=GUIDANCE[kind])
+    dict(num_steps=12, choice_temperature=4.5, guidance_scale=GUIDANCE[kind], samples_per_class=8)
   )
   c.tokenizer_workdir = ""  # stage II: the stage I workdir whose newest checkpoint is the frozen tokenizer
   return c

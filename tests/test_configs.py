@@ -1,6 +1,7 @@
 """The paper's MaskGIT configs: hyperparameters against PAPER.md, full-size shapes by eval_shape."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +84,18 @@ def test_full_size_models_build_without_allocating():
   count = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
   assert stage_two.vocab.size == 1024 + 1000 + 1 and stage_two.transformer.seq_len == 257
   assert 169e6 < count < 173e6  # "about 170M parameters with a 1024-code vocabulary"
+
+
+def test_cpu_runs_take_levels_and_codebook_sizes_from_the_command_line():
+  fsq = get_config("stage=tokenizer,run=cpu,quantizer=fsq,levels=8-8-8")
+  assert tuple(fsq.quantizer.levels) == (8, 8, 8) and build_task(fsq).model.quantizer.codebook_size == 512
+  small = get_config("stage=transformer,run=cpu,quantizer=fsq,codebook=8")
+  assert tuple(small.quantizer.levels) == (8, 6, 5)
+  vq = get_config("stage=tokenizer,run=cpu,quantizer=vq,codebook=12")
+  assert build_task(vq).model.quantizer.codebook_size == 4096
+  with pytest.raises(ValueError, match="levels is an argument of quantizer=fsq"):
+    get_config("stage=tokenizer,run=cpu,quantizer=vq,levels=8-8-8")
+  with pytest.raises(
+    ValueError, match=re.escape("levels must be integers joined by '-', e.g. 8-5-5-5, got '8_5'")
+  ):
+    get_config("stage=tokenizer,run=cpu,levels=8_5")

@@ -1,9 +1,12 @@
 """MaskGIT stage II on a frozen tokenizer: the masked loss against numpy, sampling, the generic loop."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from PIL import Image
 
 from fsq.maskgit.schedule import training_mask
 from fsq.maskgit.vocab import Vocabulary
@@ -50,7 +53,16 @@ def test_stage_two_trains_in_the_generic_loop_and_samples(tfds_data_dir, tmp_pat
   assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2]
   assert np.isfinite(final["masked_loss"]) and 0 <= final["masked_accuracy"] <= 1
   assert final["codebook/count"] == 2 * 8 * 256
-  assert (tmp_path / "images" / "eval_samples_00000002.png").exists()
+  # One row per class (10), samples_per_class (8) columns of 32x32 images with 1-pixel borders.
+  grid = np.asarray(Image.open(tmp_path / "images" / "eval_samples_00000002.png"))
+  assert grid.shape == (10 * 33 + 1, 8 * 33 + 1)
   state = task.init(jax.random.key(4), {"image": jnp.zeros((2, 32, 32, 1))})
   images = task.sample(state, task.constants(), jnp.asarray([1, 7]), jax.random.key(5), num_steps=4)
   assert images.shape == (2, 32, 32, 1) and float(jnp.abs(images).max()) <= 1.0
+
+
+def test_grid_labels_give_one_row_per_class_and_spread_large_label_sets(tfds_data_dir):
+  task = make_task(tiny_config(tfds_data_dir))
+  np.testing.assert_array_equal(task.grid_labels().reshape(10, 8), np.arange(10)[:, None] * np.ones((1, 8)))
+  imagenet = dataclasses.replace(task, vocab=Vocabulary(1000, 1000), samples_per_class=2)
+  np.testing.assert_array_equal(imagenet.grid_labels()[::2], [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])

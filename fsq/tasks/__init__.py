@@ -113,6 +113,10 @@ def build_maskgit_task(
     min_mask_ratio=t.min_mask_ratio,
     label_drop_rate=t.label_drop_rate,
     label_smoothing=t.label_smoothing,
+    num_sampling_steps=config.sampling.num_steps,
+    choice_temperature=config.sampling.choice_temperature,
+    guidance_scale=config.sampling.guidance_scale,
+    samples_per_class=config.sampling.samples_per_class,
   )
 
 

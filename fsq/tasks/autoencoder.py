@@ -10,6 +10,7 @@ train step as an argument rather than baked into the program), ``train_step``, `
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ class AutoencoderTask:
 
   model: Autoencoder
   optimizer: optax.GradientTransformation
+  num_log_images: ClassVar[int] = 16
 
   @property
   def codebook_shape(self) -> tuple[int, int]:
@@ -93,7 +95,8 @@ class AutoencoderTask:
     return {"mse": mse, "psnr": float(10 * np.log10(4.0 / max(mse, 1e-12)))}
 
   def log_images(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
-    """The batch's images and their reconstructions (B, H, W, C) in [-1, 1]."""
+    """The batch's first ``num_log_images`` images and their reconstructions (N, H, W, C) in [-1, 1]."""
     del constants
-    recon, _ = self.model.apply(self.eval_variables(state), batch["image"], train=False)
-    return {"originals": batch["image"], "reconstructions": jnp.clip(recon, -1, 1)}
+    images = batch["image"][: self.num_log_images]
+    recon, _ = self.model.apply(self.eval_variables(state), images, train=False)
+    return {"originals": images, "reconstructions": jnp.clip(recon, -1, 1)}

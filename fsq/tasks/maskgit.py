@@ -41,6 +41,25 @@ class MaskGITTask:
   min_mask_ratio: float = 0.45
   label_drop_rate: float = 0.1
   label_smoothing: float = 0.1
+  num_sampling_steps: int = 12
+  choice_temperature: float = 4.5
+  guidance_scale: float = 0.0
+  samples_per_class: int = 8
+  max_grid_classes: int = 10
+
+  @property
+  def image_columns(self) -> int:
+    """Columns of the logged sample grid: one row per class, ``samples_per_class`` wide."""
+    return self.samples_per_class
+
+  def grid_labels(self) -> np.ndarray:
+    """(R * samples_per_class,) labels, row r all of one class: every class when there are at most
+    ``max_grid_classes``, else that many spread evenly over the classes."""
+    num = self.vocab.num_classes
+    classes = (
+      np.arange(num) if num <= self.max_grid_classes else np.linspace(0, num - 1, self.max_grid_classes)
+    )
+    return np.repeat(classes.astype(np.int32), self.samples_per_class)
 
   @property
   def codebook_shape(self) -> tuple[int, int]:
@@ -104,8 +123,10 @@ class MaskGITTask:
     }
 
   def log_images(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
-    """Class-conditional samples for the batch's labels (a fixed key, so evaluations are comparable)."""
-    return {"samples": self.sample(state, constants, batch["label"], jax.random.key(0))}
+    """Class-conditional samples, one row per class (``grid_labels``), with the task's sampling settings
+    and a fixed key, so that evaluations along a run are comparable."""
+    del batch
+    return {"samples": self.sample(state, constants, jnp.asarray(self.grid_labels()), jax.random.key(0))}
 
   def sample(
     self,
@@ -114,10 +135,12 @@ class MaskGITTask:
     labels: jax.Array,
     rng: jax.Array,
     *,
-    num_steps: int = 12,
-    guidance_scale: float = 0.0,
+    num_steps: int | None = None,
+    choice_temperature: float | None = None,
+    guidance_scale: float | None = None,
   ) -> jax.Array:
-    """Class-conditional images (B, H, W, C) in [-1, 1] for (B,) labels."""
+    """Class-conditional images (B, H, W, C) in [-1, 1] for (B,) labels (-1: unconditional). Sampling
+    settings left None are the task's."""
 
     def logits_fn(tokens, class_tokens):
       inputs = jnp.concatenate([class_tokens[:, None], tokens], axis=1)
@@ -131,8 +154,9 @@ class MaskGITTask:
       seq_len=seq_len,
       mask_id=self.vocab.mask_id,
       codebook_size=self.vocab.codebook_size,
-      num_steps=num_steps,
-      guidance_scale=guidance_scale,
+      num_steps=self.num_sampling_steps if num_steps is None else num_steps,
+      choice_temperature=self.choice_temperature if choice_temperature is None else choice_temperature,
+      guidance_scale=self.guidance_scale if guidance_scale is None else guidance_scale,
       null_class_id=self.vocab.mask_id,
     )
     side = math.isqrt(seq_len)

@@ -154,7 +154,7 @@ def train_and_evaluate(
     writer.write_scalars(step, metrics, split="eval")
     images = pipeline.eval_image_batch()
     images = jax.device_get(log_images(state, mesh_lib.global_batch(images, mesh), constants))
-    writer.write_images(step, {name: batch[:16] for name, batch in images.items()}, "eval")
+    writer.write_images(step, images, "eval", columns=getattr(task, "image_columns", 8))
     log.info("eval step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics
 

@@ -55,8 +55,11 @@ class MetricWriter:
     for name, value in values.items():
       self._tb.add_scalar(f"{split}/{name}", value, int(step))
 
-  def write_images(self, step: int, images: dict[str, np.ndarray], split: str = "train") -> dict[str, Path]:
-    """Writes each (N, H, W, C) batch in [-1, 1] as a grid to TensorBoard and as a PNG; returns the PNGs."""
+  def write_images(
+    self, step: int, images: dict[str, np.ndarray], split: str = "train", columns: int = 8
+  ) -> dict[str, Path]:
+    """Writes each (N, H, W, C) batch in [-1, 1] as a grid ``columns`` wide to TensorBoard and as a PNG;
+    returns the PNGs."""
     if not self.enabled:
       return {}
     from PIL import Image
@@ -65,7 +68,7 @@ class MetricWriter:
     folder = self.workdir / "images"
     folder.mkdir(parents=True, exist_ok=True)
     for name, batch in images.items():
-      grid = image_grid(batch)
+      grid = image_grid(batch, columns)
       self._tb.add_image(f"{split}/{name}", grid, int(step), dataformats="HWC")
       path = folder / f"{split}_{name}_{int(step):08d}.png"
       Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
