@@ -1,0 +1,1 @@
+"""Evaluation networks and metrics (FID's InceptionV3)."""
