@@ -1,0 +1,216 @@
+"""Evaluating a finished training run from its workdir: reconstruction FID (stage I), sampling FID with
+precision/recall (stage II), results gathered into ``results.json``.
+
+A run is rebuilt from ``WORKDIR/config.json`` (stage II finds its tokenizer through
+``tokenizer_workdir``, as in training) and its newest checkpoint. Reference images are the first
+``num_images`` examples of the evaluation split; their features are cached (``fsq.evals.features``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fsq.evals import sample_metrics
+from fsq.evals.features import FeatureExtractor, reference_features
+from fsq.train import checkpoint
+from fsq.train import mesh as mesh_lib
+from fsq.train.data import InputPipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A trained run: its config, task, restored state (on ``mesh``), task constants and data."""
+
+  workdir: Path
+  config: ml_collections.ConfigDict
+  task: object
+  state: object
+  step: int
+  constants: dict
+  mesh: jax.sharding.Mesh
+  pipeline: InputPipeline
+
+
+def load_run(workdir: str | Path) -> LoadedRun:
+  """Rebuilds the task of ``workdir/config.json`` and restores its newest checkpoint onto the mesh."""
+  from fsq.tasks import build_task
+
+  workdir = Path(workdir)
+  if not (workdir / "config.json").exists():
+    raise FileNotFoundError(f"{workdir / 'config.json'} is missing: is {workdir} a training workdir?")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  task = build_task(config)
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+  pipeline = InputPipeline(config.data, config.batch_size, config.seed)
+  example = {"image": jax.ShapeDtypeStruct(pipeline.global_image_shape, jnp.float32)}
+  abstract = jax.eval_shape(task.init, jax.random.key(config.seed), example)
+  rules = getattr(task, "sharding_rules", ())
+  shardings = mesh_lib.state_shardings(abstract, mesh, rules, fsdp_min_size=config.mesh.fsdp_min_size)
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", async_save=False)
+  step = ckpt.latest_step()
+  if step is None:
+    raise ValueError(f"no checkpoint in {workdir / 'checkpoints'}: train the run first")
+  state = ckpt.restore(step, checkpoint.abstract_with_shardings(abstract, shardings))
+  ckpt.close()
+  constants = jax.device_put(task.constants(), mesh_lib.replicated(mesh))
+  return LoadedRun(workdir, config, task, state, step, constants, mesh, pipeline)
+
+
+def _reference(
+  run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None
+) -> np.ndarray:
+  return reference_features(
+    extractor, run.config.data, run.pipeline.eval_batches(), run.config.data.eval_split, num_images, cache_dir
+  )
+
+
+def _fid(real: np.ndarray, fake: np.ndarray) -> float:
+  a = sample_metrics.FeatureStats(real.shape[1]).update(real)
+  b = sample_metrics.FeatureStats(fake.shape[1]).update(fake)
+  return sample_metrics.frechet_distance(a.mean, a.covariance, b.mean, b.covariance)
+
+
+def reconstruction_fid(
+  run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None = None
+) -> dict[str, float]:
+  """FID between the first ``num_images`` evaluation images and their reconstructions (stage I)."""
+  task = run.task
+  reconstruct = jax.jit(
+    lambda state, images: jnp.clip(
+      task.model.apply(task.eval_variables(state), images, train=False)[0].astype(jnp.float32), -1, 1
+    )
+  )
+
+  def batches():
+    for batch in run.pipeline.eval_batches():
+      images = mesh_lib.global_batch(batch["image"], run.mesh)
+      yield {"image": np.asarray(reconstruct(run.state, images)), "mask": batch["mask"]}
+
+  real = _reference(run, extractor, num_images, cache_dir)
+  fake = extractor.extract(batches(), num_images, "reconstructions")
+  return {"rfid": _fid(real, fake), "rfid/num_images": float(num_images)}
+
+
+def sample_batches(run: LoadedRun, num_images: int, batch_size: int, seed: int = 0):
+  """Class-conditional samples of a stage II run with its sampling settings: dicts {"image": (B, H, W,
+  C), "label": (B,)}, labels cycling through the classes so every class is equally represented."""
+  task = run.task
+  sample = jax.jit(lambda state, constants, labels, rng: task.sample(state, constants, labels, rng))
+  num_classes = task.vocab.num_classes
+  for i, start in enumerate(range(0, num_images, batch_size)):
+    labels = (np.arange(start, start + batch_size) % num_classes).astype(np.int32)
+    rng = jax.random.fold_in(jax.random.key(seed), i)
+    yield {"image": np.asarray(sample(run.state, run.constants, labels, rng)), "label": labels}
+
+
+def sampling_fid(
+  run: LoadedRun,
+  extractor: FeatureExtractor,
+  num_images: int,
+  batch_size: int = 64,
+  cache_dir: Path | None = None,
+) -> dict[str, float]:
+  """Sampling FID and precision/recall (k = 3) of ``num_images`` class-balanced samples against the
+  first ``num_images`` evaluation images (stage II)."""
+  real = _reference(run, extractor, num_images, cache_dir)
+  fake = extractor.extract(sample_batches(run, num_images, batch_size), num_images, "samples")
+  precision, recall = sample_metrics.precision_recall(real, fake, k=3)
+  return {
+    "fid": _fid(real, fake),
+    "precision": precision,
+    "recall": recall,
+    "fid/num_images": float(num_images),
+    "fid/guidance_scale": float(run.task.guidance_scale),
+  }
+
+
+def compression_cost(run: LoadedRun, num_images: int, num_steps: int = 12, seed: int = 0) -> dict[str, float]:
+  """Bits per token of the first ``num_images`` evaluation images' tokens under the stage II model, given
+  their class, revealed by a deterministic schedule (``num_steps`` cosine steps, positions in a fixed
+  pseudo-random order): from the model's probabilities, and by range coding each batch as one stream."""
+  from fsq.evals import compression
+
+  task = run.task
+  seq_len = task.transformer.seq_len - 1
+  schedule = compression.reveal_schedule(seq_len, num_steps, seed)
+  coding = dict(mask_id=task.vocab.mask_id, codebook_size=task.vocab.codebook_size, schedule=schedule)
+  tokens_fn = jax.jit(task.tokens)
+  logits = jax.jit(
+    lambda params, tokens, class_ids: compression.transformer_logits_fn(task.transformer, params)(
+      tokens, class_ids
+    )
+  )
+
+  def logits_fn(tokens, class_ids):
+    return logits(run.state.params, tokens, class_ids)
+
+  model_bits = coded_bits = 0.0
+  done = 0
+  for batch in run.pipeline.eval_batches():
+    keep = np.flatnonzero(batch["mask"])[: num_images - done]
+    tokens = np.asarray(tokens_fn(run.constants, mesh_lib.global_batch(batch["image"], run.mesh)))[keep]
+    class_ids = task.vocab.class_tokens(batch["label"][keep])
+    log2p = compression.token_log2_probs(logits_fn, tokens, class_ids, **coding)
+    model_bits += float(np.sum(compression.bits_per_image(log2p)))
+    bits, _ = compression.range_code(logits_fn, tokens, class_ids, one_stream=True, **coding)
+    coded_bits += float(np.sum(bits))
+    done += len(keep)
+    if done >= num_images:
+      break
+  count = done * seq_len
+  return {
+    "compression/bits_per_token": model_bits / count,
+    "compression/coded_bits_per_token": coded_bits / count,
+    "compression/num_images": float(done),
+  }
+
+
+METRICS = ("rfid", "fid", "compression")
+
+
+def evaluate(
+  workdir: str | Path, metrics: tuple[str, ...], num_images: int, cache_dir: Path | None = None
+) -> dict[str, float]:
+  """Computes ``metrics`` for the run in ``workdir`` and writes ``workdir/results.json`` (atomically):
+  its ``final_metrics.json`` plus the new metrics and the checkpoint step. ``cache_dir``: where reference
+  features are cached (default ``fsq.evals.features.CACHE_DIR``)."""
+  workdir = Path(workdir)
+  unknown = set(metrics) - set(METRICS)
+  if unknown:
+    raise ValueError(f"metrics must be among {METRICS}, got {sorted(unknown)}")
+  if num_images < 2:
+    raise ValueError(f"num_images must be >= 2, got {num_images}")
+  final = workdir / "final_metrics.json"
+  if not final.exists():
+    raise FileNotFoundError(f"{final} is missing: the run has not finished training")
+  results = json.loads(final.read_text())
+  run = load_run(workdir)
+  stage_two = run.config.task == "transformer"
+  for name in metrics:
+    if (name == "rfid") == stage_two:
+      raise ValueError(f"metric {name!r} does not apply to task {run.config.task!r} in {workdir}")
+  extractor = FeatureExtractor(run.mesh) if {"rfid", "fid"} & set(metrics) else None
+  if "rfid" in metrics:
+    results.update(reconstruction_fid(run, extractor, num_images, cache_dir=cache_dir))
+  if "fid" in metrics:
+    results.update(sampling_fid(run, extractor, num_images, cache_dir=cache_dir))
+  if "compression" in metrics:
+    results.update(compression_cost(run, num_images))
+  results["step"] = float(run.step)
+  if jax.process_index() == 0:
+    tmp = workdir / f"results.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(workdir / "results.json")
+  log.info("results for %s: %s", workdir, results)
+  return results

@@ -1,0 +1,40 @@
+"""Evaluates a trained run and writes WORKDIR/results.json (its final_metrics.json plus these metrics).
+
+  python -m scripts.evaluate --workdir runs/tok --metrics rfid --num_images 2000
+  python -m scripts.evaluate --workdir runs/maskgit --metrics fid,compression --num_images 2000
+
+Metrics: rfid (stage I: reconstruction FID), fid (stage II: sampling FID, precision and recall, k = 3),
+compression (stage II: bits per token under a deterministic masking schedule, from the model's
+probabilities and by range coding). FID uses the standard Inception network (``make weights``) on the
+first NUM_IMAGES images of the evaluation split, whose features are cached under artifacts/fid_reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="the training run's workdir")
+  parser.add_argument("--metrics", default="", help="comma-separated: rfid, fid, compression ('' = none)")
+  parser.add_argument("--num_images", type=int, default=2000, help="images for FID and compression")
+  args = parser.parse_args(argv)
+  logging.basicConfig(
+    level=logging.INFO,
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    stream=sys.stdout,
+    force=True,
+  )
+  for name in ("absl", "orbax", "jax._src.xla_bridge"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  from fsq.evals.run_eval import evaluate
+
+  metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+  evaluate(args.workdir, metrics, args.num_images)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,106 @@
+"""Inception features over batches, cached reference sets, and evaluating a trained run into results.json."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import scipy.linalg
+
+from fsq import weights
+from fsq.evals import inception
+from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
+from fsq.evals.run_eval import evaluate, load_run
+from fsq.train.loop import train_and_evaluate
+from fsq.train.mesh import make_mesh
+from tests.test_train import tiny_config
+
+needs_inception = pytest.mark.skipif(
+  not weights.path_of("inception_fid").exists(), reason="run `python -m scripts.fetch_weights inception_fid`"
+)
+
+
+def test_inception_input_repeats_grey_and_rounds_to_8_bit_levels():
+  rng = np.random.default_rng(0)
+  grey = rng.uniform(-1.2, 1.2, (2, 4, 4, 1)).astype(np.float32)
+  out = np.asarray(to_inception_input(grey))
+  levels = np.round((np.clip(grey.astype(np.float64), -1, 1) + 1) * 127.5)
+  np.testing.assert_allclose(out, np.repeat(levels / 127.5 - 1, 3, axis=-1), atol=1e-6)
+  with pytest.raises(ValueError, match="1 or 3 channels"):
+    to_inception_input(np.zeros((1, 4, 4, 2)))
+
+
+@pytest.fixture(scope="module")
+def extractor():
+  if not weights.path_of("inception_fid").exists():
+    pytest.skip("run `python -m scripts.fetch_weights inception_fid`")
+  return FeatureExtractor(make_mesh(-1, 1, 1))
+
+
+@needs_inception
+def test_extract_keeps_valid_rows_in_order_and_caches_references(extractor, tmp_path):
+  rng = np.random.default_rng(1)
+  images = rng.uniform(-1, 1, (16, 16, 16, 1)).astype(np.float32)
+  masks = [np.array([1, 0, 1, 1, 0, 1, 1, 1], np.float32), np.ones(8, np.float32)]
+  batches = [{"image": images[:8], "mask": masks[0]}, {"image": images[8:], "mask": masks[1]}]
+  feats = extractor.extract(iter(batches), 8)
+  valid = images[np.concatenate(masks).astype(bool)][:8]
+  # Reference: the network applied directly, one image at a time, without the extractor's sharding.
+  direct = [inception.features(extractor.params, to_inception_input(x[None]))["pool"][0] for x in valid]
+  np.testing.assert_allclose(feats, np.stack(direct), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="ran out after 14"):
+    extractor.extract(iter(batches), 20)
+
+  config = tiny_config("unused").data
+  first = reference_features(extractor, config, iter(batches), "test", 6, cache_dir=tmp_path)
+  np.testing.assert_array_equal(first, feats[:6])
+
+  def exhausted():
+    raise AssertionError("the cached reference must not read the dataset")
+    yield
+
+  np.testing.assert_array_equal(
+    reference_features(extractor, config, exhausted(), "test", 6, tmp_path), first
+  )
+  assert len(list(tmp_path.glob("*.npz"))) == 1
+
+
+def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
+  mu_a, mu_b = a.mean(0), b.mean(0)
+  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+
+@needs_inception
+def test_evaluate_writes_results_with_reconstruction_fid(tfds_data_dir, tmp_path):
+  workdir = tmp_path / "run"
+  config = tiny_config(tfds_data_dir, "steps=2")
+  train_and_evaluate(config, workdir)
+  results = evaluate(workdir, ("rfid",), num_images=10, cache_dir=tmp_path / "cache")
+  saved = json.loads((workdir / "results.json").read_text())
+  final = json.loads((workdir / "final_metrics.json").read_text())
+  assert saved == results and saved["step"] == 2 and {k: saved[k] for k in final} == final
+
+  # Independent reference: the first 10 test images and their reconstructions by the restored model,
+  # through the network directly, and FID with scipy's matrix square root.
+  run = load_run(workdir)
+  images = next(run.pipeline.eval_batches())["image"][:8]
+  images = np.concatenate([images, list(run.pipeline.eval_batches(2))[1]["image"][:2]])
+  variables = jax.device_get(run.task.eval_variables(run.state))
+  recon = np.clip(np.asarray(run.task.model.apply(variables, images, train=False)[0]), -1, 1)
+  params = inception.inception_params()
+
+  def feats(x):
+    return np.asarray(inception.features(params, to_inception_input(x))["pool"], np.float64)
+
+  np.testing.assert_allclose(saved["rfid"], _fid_scipy(feats(images), feats(recon)), rtol=2e-3)
+
+
+def test_evaluate_rejects_bad_requests_before_loading(tmp_path):
+  with pytest.raises(ValueError, match=r"metrics must be among .*\['psnr'\]"):
+    evaluate(tmp_path, ("psnr",), 10)
+  with pytest.raises(ValueError, match="num_images must be >= 2, got 1"):
+    evaluate(tmp_path, ("rfid",), 1)
+  with pytest.raises(FileNotFoundError, match=r"final_metrics\.json is missing"):
+    evaluate(tmp_path, ("rfid",), 10)
