@@ -3,7 +3,7 @@
   python -m scripts.train --config configs/autoencoder.py:quantizer=fsq,levels=8-5-5-5 --workdir runs/ae
 
 Arguments (comma-separated key=value, all optional):
-  quantizer  fsq | residual_fsq | lfq | vq_maskgit | vq_uvim | vq_reseed   (default fsq)
+  quantizer  fsq | residual_fsq | lfq | vq_maskgit | vq_plain | vq_uvim | vq_reseed   (default fsq)
   levels     FSQ levels joined by '-' (default 8-5-5-5: 1000 codes, the paper's 2^10)
   size       cpu (default: 32 filters, minutes on a 2-core CPU) | tokenizer (MaskGIT's widths)
   steps      training steps (default 1000)

@@ -9,7 +9,8 @@ Arguments (comma-separated key=value):
   stage      tokenizer (stage I) | transformer (stage II)
   run        imagenet256 (Fig. 4: FSQ [8,5,5,5] vs VQ 1024) | imagenet128 (Fig. 3, the codebook-size study)
              | cpu (Fashion-MNIST padded to 32x32, 8x8 tokens: the same code in minutes)
-  quantizer  fsq | vq
+  quantizer  fsq | vq (MaskGIT's VQ: commitment, codebook and entropy losses) | vq_plain (without the
+             entropy loss)
   codebook   log2 of the codebook size (8, 10, 12, 14, 16) for run=imagenet128 (the study's sizes) and
              run=cpu; default 10. FSQ takes the paper's Table-1 levels for it, VQ that many codes
   levels     FSQ levels joined by '-' (e.g. 8-8-8 or 7-5-5-5-5), for any run; overrides codebook
@@ -32,7 +33,9 @@ RUNS = {
   "cpu": dict(image_size=32, batch_1=64, steps_1=1000, batch_2=64, steps_2=1000),
 }
 # Best classifier-free guidance scale per tokenizer (Fig. 4).
-GUIDANCE = {"fsq": 0.2, "vq": 0.1}
+GUIDANCE = {"fsq": 0.2, "vq": 0.1, "vq_plain": 0.1}
+# The tokenizer's bottleneck per quantizer argument; vq_plain is MaskGIT's VQ without the entropy loss.
+KINDS = {"fsq": "fsq", "vq": "vq_maskgit", "vq_plain": "vq_plain"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -46,7 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if run not in RUNS:
     raise ValueError(f"run must be one of {sorted(RUNS)}, got {run!r}")
   if kind not in GUIDANCE:
-    raise ValueError(f"quantizer must be 'fsq' or 'vq', got {kind!r}")
+    raise ValueError(f"quantizer must be one of {sorted(GUIDANCE)}, got {kind!r}")
   bits = int(args.get("codebook", 10))
   if run == "imagenet256" and bits != 10:
     raise ValueError(f"codebook is an argument of run=imagenet128 and run=cpu, got codebook={bits} for {run}")
@@ -66,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = "~/tensorflow_datasets"
 
   levels = parse_levels(args["levels"]) if "levels" in args else levels_for_codebook_size(2**bits)
-  c.quantizer.kind = "fsq" if kind == "fsq" else "vq_maskgit"
+  c.quantizer.kind = KINDS[kind]
   c.quantizer.levels = levels
   c.quantizer.codebook_size = 2**bits
   c.quantizer.vq_dim = 256 if run != "cpu" else 32

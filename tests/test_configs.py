@@ -99,3 +99,13 @@ def test_cpu_runs_take_levels_and_codebook_sizes_from_the_command_line():
     ValueError, match=re.escape("levels must be integers joined by '-', e.g. 8-5-5-5, got '8_5'")
   ):
     get_config("stage=tokenizer,run=cpu,levels=8_5")
+
+
+def test_plain_vq_is_maskgit_vq_without_the_entropy_loss():
+  plain = build_task(
+    get_config("stage=tokenizer,run=imagenet128,quantizer=vq_plain,codebook=14")
+  ).model.quantizer
+  assert (plain.codebook_size, plain.commitment_cost, plain.codebook_loss_weight) == (2**14, 0.25, 1.0)
+  assert plain.entropy_loss_weight == 0.0
+  with pytest.raises(ValueError, match=r"quantizer must be one of \['fsq', 'vq', 'vq_plain'\], got 'vqq'"):
+    get_config("quantizer=vqq")

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from configs.maskgit import get_config as get_maskgit_config
 from fsq import weights
 from fsq.evals import inception
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
-from fsq.evals.run_eval import evaluate, load_run
+from fsq.evals.run_eval import evaluate, load_run, sample_batches
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
-from tests.test_train import tiny_config
+from fsq.train.validate import validate_config
+from tests.test_train import TINY, tiny_config
 
 needs_inception = pytest.mark.skipif(
   not weights.path_of("inception_fid").exists(), reason="run `python -m scripts.fetch_weights inception_fid`"
@@ -104,3 +106,48 @@ def test_evaluate_rejects_bad_requests_before_loading(tmp_path):
     evaluate(tmp_path, ("rfid",), 1)
   with pytest.raises(FileNotFoundError, match=r"final_metrics\.json is missing"):
     evaluate(tmp_path, ("rfid",), 10)
+
+
+def _maskgit_config(data_dir, stage, **extra):
+  config = get_maskgit_config(f"stage={stage},run=cpu,quantizer=fsq")
+  tiny = {
+    **TINY,
+    "data.data_dir": str(data_dir),
+    "num_train_steps": 2,
+    "num_eval_batches": 1,
+    "gan.disc_filters": 8,
+    "transformer.hidden": 32,
+    "transformer.num_layers": 1,
+    "transformer.num_heads": 2,
+    "transformer.mlp_dim": 64,
+    "sampling.num_steps": 4,
+    "sampling.samples_per_class": 1,
+    **extra,
+  }
+  for key, value in tiny.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  validate_config(config)
+  return config
+
+
+@needs_inception
+def test_evaluate_stage_two_sampling_fid_and_compression(tfds_data_dir, tmp_path):
+  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer"), tmp_path / "tok")
+  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
+  train_and_evaluate(config, tmp_path / "maskgit")
+  with pytest.raises(ValueError, match="metric 'rfid' does not apply to task 'transformer'"):
+    evaluate(tmp_path / "maskgit", ("rfid",), 8)
+  results = evaluate(tmp_path / "maskgit", ("fid", "compression"), 8, cache_dir=tmp_path / "cache")
+  assert results["fid"] > 0 and 0 <= results["precision"] <= 1 and 0 <= results["recall"] <= 1
+  # Two steps at a warm-up learning rate leave the 0.02-std initialisation nearly uniform over the 1000
+  # codes: log2(1000) = 9.97 bits per token; the range coder's stream costs at most a word more per batch.
+  bits = results["compression/bits_per_token"]
+  assert abs(bits - np.log2(1000)) < 0.3, bits
+  coded = results["compression/coded_bits_per_token"]
+  assert bits - 0.01 <= coded <= bits + 64 / (8 * 256), (bits, coded)
+  labels = np.concatenate([b["label"] for b in sample_batches(load_run(tmp_path / "maskgit"), 20, 10)])
+  np.testing.assert_array_equal(labels, np.arange(20) % 10)

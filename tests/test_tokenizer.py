@@ -53,10 +53,12 @@ def test_without_perceptual_and_gan_terms_the_generator_step_is_the_autoencoder_
   gan_state = task.init(jax.random.key(4), {"image": images})
   plain_state = plain.init(jax.random.key(4), {"image": images})
   plain_state = plain_state.replace(params=gan_state.params, opt_state=plain.optimizer.init(gan_state.params))
-  gan_next, _ = task.train_step(gan_state, {"image": images}, jax.random.key(5), {})
+  gan_next, metrics = task.train_step(gan_state, {"image": images}, jax.random.key(5), {})
   plain_next, _ = plain.train_step(plain_state, {"image": images}, jax.random.key(5), {})
   for a, b in zip(jax.tree.leaves(gan_next.params), jax.tree.leaves(plain_next.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # With no adversarial term the discriminator is never trained (nor run), even past disc_start_step.
+  assert _equal(gan_next.disc_params, gan_state.disc_params) and float(metrics["discriminator_loss"]) == 0
 
 
 def test_tokenizer_trains_in_the_generic_loop_with_lpips(tfds_data_dir, tmp_path):

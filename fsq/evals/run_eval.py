@@ -118,13 +118,13 @@ def sampling_fid(
   run: LoadedRun,
   extractor: FeatureExtractor,
   num_images: int,
-  batch_size: int = 64,
   cache_dir: Path | None = None,
 ) -> dict[str, float]:
-  """Sampling FID and precision/recall (k = 3) of ``num_images`` class-balanced samples against the
-  first ``num_images`` evaluation images (stage II)."""
+  """Sampling FID and precision/recall (k = 3) of ``num_images`` class-balanced samples (in batches of
+  the run's batch size) against the first ``num_images`` evaluation images (stage II)."""
   real = _reference(run, extractor, num_images, cache_dir)
-  fake = extractor.extract(sample_batches(run, num_images, batch_size), num_images, "samples")
+  batches = sample_batches(run, num_images, run.config.batch_size)
+  fake = extractor.extract(batches, num_images, "samples")
   precision, recall = sample_metrics.precision_recall(real, fake, k=3)
   return {
     "fid": _fid(real, fake),

@@ -14,7 +14,7 @@ import jax
 from fsq import layers, quantizers, vq
 from fsq.models.vqgan import Decoder, Encoder
 
-QUANTIZER_KINDS = ("fsq", "residual_fsq", "lfq", "vq_maskgit", "vq_uvim", "vq_reseed")
+QUANTIZER_KINDS = ("fsq", "residual_fsq", "lfq", "vq_maskgit", "vq_plain", "vq_uvim", "vq_reseed")
 
 
 def make_quantizer(
@@ -41,6 +41,8 @@ def make_quantizer(
     return layers.LFQ(num_bits=num_bits)
   if kind == "vq_maskgit":
     return vq.maskgit_vq(codebook_size, vq_dim)
+  if kind == "vq_plain":
+    return vq.maskgit_vq(codebook_size, vq_dim, entropy_loss_weight=0.0)
   if kind == "vq_uvim":
     return vq.uvim_vq(codebook_size, vq_dim)
   if kind == "vq_reseed":

@@ -97,7 +97,11 @@ class TokenizerTask(AutoencoderTask):
         if self.perceptual_weight
         else 0.0
       )
-      adversarial = losses.generator_loss(self.discriminator.apply({"params": state.disc_params}, recon))
+      adversarial = (
+        losses.generator_loss(self.discriminator.apply({"params": state.disc_params}, recon))
+        if self.adversarial_weight
+        else 0.0
+      )
       loss = (
         l2
         + self.perceptual_weight * perceptual
@@ -122,9 +126,14 @@ class TokenizerTask(AutoencoderTask):
       r1 = losses.r1_penalty(disc, images)
       return logistic + self.r1_weight * r1, (logistic, r1)
 
-    (_, (logistic, r1)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc_params)
-    d_updates, d_opt_state = state.disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
-    d_params = optax.apply_updates(state.disc_params, d_updates)
+    if self.adversarial_weight:
+      (_, (logistic, r1)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc_params)
+      d_updates, d_opt_state = state.disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
+      d_params = optax.apply_updates(state.disc_params, d_updates)
+    else:  # no GAN at all: the discriminator is never run
+      logistic = r1 = jnp.zeros(())
+      d_grads = jax.tree.map(jnp.zeros_like, state.disc_params)
+      d_params, d_opt_state = state.disc_params, state.disc_opt_state
 
     def keep_unless_on(new, old):
       return jax.tree.map(lambda n, o: jnp.where(gan_on, n, o), new, old)

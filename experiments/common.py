@@ -1,0 +1,199 @@
+"""What every experiment shares: the Run record, the CPU-scale budget, results on disk, Markdown tables.
+
+An experiment is a module of this package that defines
+  runs(scale) -> list[Run]                        its training runs at scale "cpu" (Fashion-MNIST, minutes
+                                                  to an hour each on 2 cores) or "paper" (TPU pods)
+  table(runs, results) -> str                     Markdown in the paper's layout
+  figures(runs, results, out_dir) -> list[Path]   PNG files (an empty list if the paper has no figure)
+and, where the paper prints numbers, PAPER. ``results`` maps run name -> the run's results.json (metric ->
+float) and holds only the runs that have one. scripts/sweep.py runs an experiment; scripts/make_tables.py
+renders its table and figures. A run's workdir is ROOT/EXPERIMENT/SCALE/RUN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import pkgutil
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+
+SCALES = ("cpu", "paper")
+METRICS = ("rfid", "fid", "compression")  # what scripts/evaluate.py computes
+MISSING = "\u2013"  # an en dash: the cell of a run that has no results.json yet
+
+# The CPU-scale budget, the one place to tune it: training steps of each stage, and the images (stage I)
+# or samples (stage II) that FID and compression are measured on.
+CPU_STEPS_STAGE_1 = 1000
+CPU_STEPS_STAGE_2 = 1000
+CPU_NUM_IMAGES = 2000
+PAPER_NUM_IMAGES = 50_000  # the paper's 50k samples (ADM evaluation suite)
+
+Results = Mapping[str, Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run and its evaluation.
+
+  Attributes:
+    name: the run's directory name, unique in its experiment (letters, digits, '_', '-', '.').
+    config: the config spec of scripts/train, e.g. 'configs/maskgit.py:stage=tokenizer,run=cpu'.
+    overrides: 'FIELD=VALUE' items, passed to scripts/train as --config.FIELD=VALUE.
+    depends_on: name of the stage I run whose workdir becomes --config.tokenizer_workdir.
+    metrics: what scripts/evaluate computes after training (METRICS); () merges final_metrics only.
+    num_images: images or samples for those metrics; None for evaluate's default.
+  """
+
+  name: str
+  config: str
+  overrides: tuple[str, ...] = ()
+  depends_on: str | None = None
+  metrics: tuple[str, ...] = ()
+  num_images: int | None = None
+
+  def __post_init__(self):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+      raise ValueError(f"run name must be letters, digits, '_', '-' or '.', got {self.name!r}")
+    bad = [o for o in self.overrides if not re.fullmatch(r"[A-Za-z0-9_.]+=.*", o)]
+    if bad:
+      raise ValueError(f"overrides of run {self.name} must be FIELD=VALUE, got {bad}")
+    unknown = sorted(set(self.metrics) - set(METRICS))
+    if unknown:
+      raise ValueError(f"metrics of run {self.name} must be among {METRICS}, got {unknown}")
+
+
+def check_runs(runs: Sequence[Run]) -> None:
+  """Names are unique and every run comes after the run it depends on; otherwise a ValueError."""
+  seen: set[str] = set()
+  for run in runs:
+    if run.name in seen:
+      raise ValueError(f"run name {run.name!r} appears twice")
+    if run.depends_on is not None and run.depends_on not in seen:
+      raise ValueError(f"run {run.name} depends on {run.depends_on!r}, which is not an earlier run")
+    seen.add(run.name)
+
+
+def maskgit_runs(
+  name: str,
+  args: str,
+  scale: str,
+  paper_run: str,
+  stage_1_metrics: tuple[str, ...],
+  stage_2_metrics: tuple[str, ...] | None,
+) -> list[Run]:
+  """Runs '{name}_stage1' (the tokenizer) and, unless stage_2_metrics is None, '{name}_stage2' (the
+  transformer on its tokens) of configs/maskgit.py with ``args`` (e.g. 'quantizer=fsq,codebook=12').
+
+  ``paper_run`` is the config's run at paper scale (imagenet128 or imagenet256); the CPU scale takes
+  run=cpu with CPU_STEPS_STAGE_1/2 and CPU_NUM_IMAGES.
+  """
+  check_scale(scale)
+  run = "cpu" if scale == "cpu" else paper_run
+  num_images = CPU_NUM_IMAGES if scale == "cpu" else PAPER_NUM_IMAGES
+  steps_1 = (f"num_train_steps={CPU_STEPS_STAGE_1}",) if scale == "cpu" else ()
+  steps_2 = (f"num_train_steps={CPU_STEPS_STAGE_2}",) if scale == "cpu" else ()
+  spec = f"configs/maskgit.py:stage={{}},run={run},{args}"
+  stage_1 = Run(f"{name}_stage1", spec.format("tokenizer"), steps_1, None, stage_1_metrics, num_images)
+  if stage_2_metrics is None:
+    return [stage_1]
+  return [
+    stage_1,
+    Run(f"{name}_stage2", spec.format("transformer"), steps_2, stage_1.name, stage_2_metrics, num_images),
+  ]
+
+
+def check_scale(scale: str) -> None:
+  if scale not in SCALES:
+    raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+
+
+def experiment_names() -> list[str]:
+  """The experiment modules of this package."""
+  here = Path(__file__).parent
+  return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name != "common")
+
+
+def load_experiment(name: str) -> ModuleType:
+  """The module experiments.<name>, checked to define runs, table and figures."""
+  if name not in experiment_names():
+    raise ValueError(f"experiment must be one of {experiment_names()}, got {name!r}")
+  module = importlib.import_module(f"experiments.{name}")
+  missing = [f for f in ("runs", "table", "figures") if not callable(getattr(module, f, None))]
+  if missing:
+    raise ValueError(f"experiments/{name}.py must define {missing}")
+  return module
+
+
+def experiment_runs(module: ModuleType, scale: str, levels: Sequence[tuple[int, ...]] | None) -> list[Run]:
+  """``module.runs(scale)``, or ``module.runs(scale, levels=levels)`` when level sets are given."""
+  check_scale(scale)
+  if levels is None:
+    runs = module.runs(scale)
+  elif "levels" in inspect.signature(module.runs).parameters:
+    runs = module.runs(scale, levels=levels)
+  else:
+    raise ValueError(f"--levels is an option of experiments that sweep levels, not of {module.__name__}")
+  check_runs(runs)
+  return runs
+
+
+def experiment_dir(root: Path, experiment: str, scale: str) -> Path:
+  """ROOT/EXPERIMENT/SCALE: the parent of the experiment's run workdirs."""
+  return Path(root) / experiment / scale
+
+
+def load_results(directory: Path, runs: Sequence[Run]) -> dict[str, dict[str, float]]:
+  """{run name: contents of directory/RUN/results.json} for the runs that have one."""
+  results = {}
+  for run in runs:
+    path = Path(directory) / run.name / "results.json"
+    if path.exists():
+      results[run.name] = json.loads(path.read_text())
+  return results
+
+
+def value(results: Results, run: str, key: str) -> float | None:
+  """results[run][key], or None when the run has no results yet (or lacks the metric)."""
+  return results.get(run, {}).get(key)
+
+
+def cell(results: Results, run: str, key: str, spec: str = ".3g") -> str:
+  """A table cell: MISSING when ``run`` has no results yet, '' when its results lack ``key``, else the
+  value formatted with ``spec`` (e.g. '.2f'; '.1%' for fractions as percentages)."""
+  if run not in results:
+    return MISSING
+  x = results[run].get(key)
+  return "" if x is None else format(x, spec)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """A Markdown table; the first column left-aligned, the others right-aligned (numbers)."""
+  if any(len(row) != len(header) for row in rows):
+    raise ValueError(f"every row needs {len(header)} cells, got {[len(r) for r in rows]}")
+  lines = [
+    "| " + " | ".join(header) + " |",
+    "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|",
+  ]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def runs_table(runs: Sequence[Run], results: Results, columns: Sequence[tuple[str, str, str]]) -> str:
+  """One row per run: its name, then (header, metric key, format spec) columns."""
+  rows = [[run.name] + [cell(results, run.name, key, spec) for _, key, spec in columns] for run in runs]
+  return markdown_table(["run"] + [h for h, _, _ in columns], rows)
+
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (files only); imported on first use."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt

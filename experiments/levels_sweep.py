@@ -1,0 +1,118 @@
+"""FSQ level sets at about the same codebook size (as in the paper's Fig. 10): which levels to pick.
+
+  python -m scripts.sweep levels_sweep                                    # the sets of LEVEL_SETS
+  python -m scripts.sweep levels_sweep --levels 8-5-5-5 8-8-8 5-5-5-5-5    # any sets
+  python -m scripts.sweep levels_sweep --only '*_stage1'                  # stage I only
+  python -m scripts.make_tables levels_sweep [--levels ...]               # the same --levels as the sweep
+
+Each set trains a tokenizer (stage I: usage, PSNR, reconstruction FID) and a transformer on its tokens
+(stage II: compression cost, sampling FID); paper scale is run=imagenet128, the codebook study's setup.
+The paper's Fig. 10 plots sampling FID against log2 codebook size coloured by the smallest level (no
+numbers); its heuristic is L_i >= 5 for every level, smaller levels being "subpar".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from experiments.common import (
+  Results,
+  Run,
+  cell,
+  check_scale,
+  markdown_table,
+  maskgit_runs,
+  pyplot,
+  value,
+)
+
+# About 2^10 codes each: Table 1's [8,5,5,5] and sets with smaller or larger levels.
+LEVEL_SETS = ((8, 5, 5, 5), (8, 8, 4, 4), (6, 6, 6, 5), (4, 4, 4, 4, 4), (16, 8, 8), (32, 32))
+
+
+def levels_text(levels: Sequence[int]) -> str:
+  return "-".join(map(str, levels))
+
+
+def runs(scale: str, levels: Sequence[Sequence[int]] = LEVEL_SETS) -> list[Run]:
+  """Stage I and II runs 'fsq_{levels}_stage1' / '_stage2' for each level set."""
+  check_scale(scale)
+  out = []
+  for level_set in levels:
+    text = levels_text(level_set)
+    out += maskgit_runs(
+      f"fsq_{text}",
+      f"quantizer=fsq,levels={text}",
+      scale,
+      "imagenet128",
+      stage_1_metrics=("rfid",),
+      stage_2_metrics=("compression", "fid"),
+    )
+  return out
+
+
+def level_sets(runs: Sequence[Run]) -> list[tuple[int, ...]]:
+  """The level sets of an experiment's runs, from the stage I run names."""
+  names = [r.name for r in runs if r.name.endswith("_stage1")]
+  return [tuple(int(v) for v in n.removeprefix("fsq_").removesuffix("_stage1").split("-")) for n in names]
+
+
+def table(runs: Sequence[Run], results: Results) -> str:
+  """One row per level set: codebook size, smallest level, usage, reconstruction, compression, FID."""
+  header = ["levels", "codes", "log2", "min level", "usage", "perplexity", "PSNR (dB)", "rFID"]
+  header += ["bits/token", "coded bits/token", "sampling FID"]
+  rows = []
+  for levels in level_sets(runs):
+    one, two = f"fsq_{levels_text(levels)}_stage1", f"fsq_{levels_text(levels)}_stage2"
+    size = math.prod(levels)
+    rows.append(
+      [
+        levels_text(levels),
+        str(size),
+        f"{math.log2(size):.2f}",
+        str(min(levels)),
+        cell(results, one, "codebook/usage", ".1%"),
+        cell(results, one, "codebook/perplexity", ".4g"),
+        cell(results, one, "psnr", ".2f"),
+        cell(results, one, "rfid", ".2f"),
+        cell(results, two, "compression/bits_per_token", ".3f"),
+        cell(results, two, "compression/coded_bits_per_token", ".3f"),
+        cell(results, two, "fid", ".2f"),
+      ]
+    )
+  return markdown_table(header, rows)
+
+
+PANELS = (
+  # (title, run-name suffix, metric key, scale factor)
+  ("reconstruction FID", "stage1", "rfid", 1.0),
+  ("codebook usage (%)", "stage1", "codebook/usage", 100.0),
+  ("compression cost (bits/token)", "stage2", "compression/coded_bits_per_token", 1.0),
+  ("sampling FID", "stage2", "fid", 1.0),
+)
+
+
+def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
+  """Each panel's metric for every level set (x axis, sorted by codebook size), coloured by the smallest
+  level as in Fig. 10: levels_sweep.png."""
+  plt = pyplot()
+  sets = sorted(level_sets(runs), key=lambda levels: (math.prod(levels), min(levels)))
+  norm = plt.Normalize(min(map(min, sets)), max(map(min, sets)))
+  fig, axes = plt.subplots(
+    1, len(PANELS), figsize=(max(3, 0.6 * len(sets)) * len(PANELS), 3.8), constrained_layout=True
+  )
+  for ax, (title, stage, key, factor) in zip(axes, PANELS, strict=True):
+    for x, levels in enumerate(sets):
+      y = value(results, f"fsq_{levels_text(levels)}_{stage}", key)
+      if y is not None:
+        ax.scatter([x], [factor * y], c=[min(levels)], cmap="viridis", norm=norm)
+    ax.set_xticks(range(len(sets)), [f"{levels_text(v)} ({math.prod(v)})" for v in sets], rotation=60)
+    ax.set(title=title, xlabel="levels (codes)")
+    ax.grid(alpha=0.3)
+  fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="smallest level")
+  path = Path(out_dir) / "levels_sweep.png"
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return [path]

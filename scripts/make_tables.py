@@ -1,0 +1,73 @@
+"""Collects an experiment's results.json files into its table (Markdown) and figures (PNG).
+
+  python -m scripts.make_tables codebook_size                 # runs/experiments/codebook_size/cpu/*
+  python -m scripts.make_tables levels_sweep --levels 8-5-5-5 8-8-8
+  python -m scripts.make_tables maskgit_imagenet256 --scale paper --root /shared/runs
+
+Writes OUT/table.md (default OUT: experiments/results/EXPERIMENT/SCALE) and the experiment's figures
+next to it, and prints the table. Runs without results.json show as an en dash and are listed below.
+Figures need matplotlib (pip install matplotlib); without it the table is still written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from configs.autoencoder import parse_levels
+from experiments.common import (
+  SCALES,
+  experiment_dir,
+  experiment_names,
+  experiment_runs,
+  load_experiment,
+  load_results,
+)
+
+
+def render(
+  experiment: str, scale: str, summary: str, table: str, missing: Sequence[str], figures: Sequence[Path]
+) -> str:
+  """The Markdown document: title, table, the runs still missing, the figures (relative links)."""
+  parts = [f"# {experiment} ({scale} scale)", summary, table]
+  if missing:
+    parts.append(f"Missing (no results.json yet, shown as \u2013): {', '.join(missing)}")
+  parts += [f"![{path.stem}]({path.name})" for path in figures]
+  return "\n\n".join(parts) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("experiment", choices=experiment_names())
+  parser.add_argument("--scale", choices=SCALES, default="cpu")
+  parser.add_argument("--root", type=Path, default=Path("runs/experiments"))
+  parser.add_argument("--out", type=Path, help="default: experiments/results/EXPERIMENT/SCALE")
+  parser.add_argument("--levels", nargs="+", type=parse_levels, help="the level sets the sweep ran")
+  args = parser.parse_args(argv)
+  module = load_experiment(args.experiment)
+  runs = experiment_runs(module, args.scale, args.levels)
+  results = load_results(experiment_dir(args.root, args.experiment, args.scale), runs)
+  out = args.out or Path("experiments/results") / args.experiment / args.scale
+  out.mkdir(parents=True, exist_ok=True)
+
+  table = module.table(runs, results)
+  missing = [run.name for run in runs if run.name not in results]
+  try:
+    figures = module.figures(runs, results, out)
+  except ModuleNotFoundError as e:
+    if e.name != "matplotlib":
+      raise
+    print("figures skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+    figures = []
+  summary = module.__doc__.strip().splitlines()[0]
+  document = render(args.experiment, args.scale, summary, table, missing, figures)
+  (out / "table.md").write_text(document)
+  print(document)
+  print(f"wrote {out / 'table.md'}" + "".join(f", {path}" for path in figures))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,235 @@
+"""Sweeps and tables: the tiny experiment end to end (train, evaluate, skip, print, tabulate), failures,
+scheduling, TPU dry runs, and the paper experiments' runs and tables."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from configs.maskgit import get_config
+from experiments import codebook_size, common, levels_sweep, maskgit_imagenet256
+from experiments.common import MISSING, Run
+from fsq.train.validate import validate_config
+from scripts import make_tables, sweep
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+  """{first cell: the other cells} for the body rows of the first Markdown table in ``markdown``."""
+  lines = [line for line in markdown.splitlines() if line.startswith("|")]
+  rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+  return {row[0]: row[1:] for row in rows}
+
+
+def commands(printed: str) -> list[str]:
+  return [line for line in printed.splitlines() if line and not line.startswith("#")]
+
+
+def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(tfds_data_dir, tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("FSQ_FID_CACHE", str(tmp_path / "fid_cache"))
+  root, out = tmp_path / "runs", tmp_path / "tables"
+  argv = ["tiny", f"--root={root}", "--parallel=2", f"--override=data.data_dir={tfds_data_dir}"]
+  assert sweep.main(argv) == 0, capsys.readouterr().out
+  runs_dir = root / "tiny" / "cpu"
+  results = {
+    name: json.loads((runs_dir / name / "results.json").read_text()) for name in ("tokenizer", "transformer")
+  }
+  assert {"psnr", "rfid", "codebook/usage"} <= set(results["tokenizer"])
+  assert {"masked_accuracy", "compression/coded_bits_per_token"} <= set(results["transformer"])
+  capsys.readouterr()
+
+  # Again: both runs are complete, nothing is retrained or re-evaluated.
+  files = [runs_dir / n / f for n in results for f in ("train.log", "evaluate.log", "results.json")]
+  files += list((runs_dir / "tokenizer" / "checkpoints").iterdir())
+  mtimes = [f.stat().st_mtime_ns for f in files]
+  assert sweep.main(argv) == 0
+  log = capsys.readouterr().out
+  assert "tokenizer: skipped (results.json exists)" in log and "transformer: skipped" in log
+  assert "started" not in log and [f.stat().st_mtime_ns for f in files] == mtimes
+
+  # --print: train then evaluate for each run, stage I first; stage II reads the stage I workdir.
+  assert sweep.main([*argv, "--print"]) == 0
+  printed = commands(capsys.readouterr().out)
+  expected = [("scripts.train", "tokenizer"), ("scripts.evaluate", "tokenizer")]
+  expected += [("scripts.train", "transformer"), ("scripts.evaluate", "transformer")]
+  assert [(c.split()[2], c.split("--workdir=")[1].split()[0]) for c in printed] == [
+    (module, str(runs_dir / name)) for module, name in expected
+  ]
+  assert f"--config.tokenizer_workdir={runs_dir / 'tokenizer'}" in printed[2]
+  assert "--metrics=rfid --num_images=8" in printed[1] and "--metrics=compression" in printed[3]
+
+  # The table holds each results.json's numbers; a run without one shows as an en dash and is listed.
+  assert make_tables.main(["tiny", f"--root={root}", f"--out={out}"]) == 0
+  rows = table_rows((out / "table.md").read_text())
+  assert list(rows) == ["tokenizer", "transformer"]
+  keys = ["psnr", "rfid", "codebook/usage", "codebook/perplexity", "masked_accuracy"]
+  keys += ["compression/coded_bits_per_token"]
+  for name, cells in rows.items():
+    for key, text in zip(keys, cells, strict=True):
+      if key in results[name]:
+        assert float(text) == pytest.approx(results[name][key], rel=1e-5), (name, key)
+      else:
+        assert text == "", (name, key)
+  (runs_dir / "transformer" / "results.json").rename(tmp_path / "moved.json")
+  assert make_tables.main(["tiny", f"--root={root}", f"--out={out}"]) == 0
+  document = (out / "table.md").read_text()
+  assert table_rows(document)["transformer"] == [MISSING] * len(keys)
+  assert "Missing (no results.json yet, shown as \u2013): transformer" in document
+
+
+def test_a_failed_run_stops_the_sweep_naming_the_run_and_its_log(tmp_path, capsys):
+  root = tmp_path / "runs"
+  assert sweep.main(["tiny", f"--root={root}", "--override=no_such_field=1"]) == 1
+  out, err = capsys.readouterr()
+  train_log = root / "tiny" / "cpu" / "tokenizer" / "train.log"
+  assert f"FAILED: run tokenizer: train exited with status 1; log: {train_log}" in out
+  assert "no_such_field" in train_log.read_text() and f"last lines of {train_log}" in err
+  assert not (root / "tiny" / "cpu" / "transformer").exists()  # its dependency failed: never started
+
+
+def test_schedule_runs_dependencies_first_at_most_parallel_at_once_and_stops_on_failure():
+  runs = [
+    Run("a", "c"),
+    Run("b", "c"),
+    Run("a2", "c", depends_on="a"),
+    Run("c", "c"),
+    Run("b2", "c", depends_on="b"),
+  ]
+  lock, live, events = threading.Lock(), set(), []
+
+  def execute(run, fail=()):
+    with lock:
+      live.add(run.name)
+      events.append(("start", run.name, len(live)))
+    time.sleep(0.05)
+    with lock:
+      live.discard(run.name)
+      events.append(("end", run.name))
+    return sweep.Outcome(run.name, run.name not in fail, "boom", None)
+
+  assert sweep.schedule(runs, set(), execute, 2, stop=lambda: None) is None
+  assert max(e[2] for e in events if e[0] == "start") == 2
+  assert {e[1] for e in events} == {"a", "b", "a2", "c", "b2"}
+  for child, parent in (("a2", "a"), ("b2", "b")):
+    assert events.index(("end", parent)) < [e[:2] for e in events].index(("start", child))
+
+  events.clear()
+  stops = []
+  failure = sweep.schedule(runs, set(), lambda r: execute(r, fail={"a"}), 1, stop=lambda: stops.append(1))
+  assert failure.run == "a" and stops == [1] and [e[1] for e in events] == ["a", "a"]
+  events.clear()
+  assert sweep.schedule(runs[2:3], {"a"}, execute, 1, stop=lambda: None) is None  # "a" already complete
+  assert [e[1] for e in events] == ["a2", "a2"]
+
+
+def test_tpu_dry_run_prints_one_gcloud_command_per_training_and_the_evaluations(tmp_path, capfd):
+  argv = ["maskgit_imagenet256", "--scale=paper", f"--root={tmp_path}", "--tpu=pod", "--zone=us-z1"]
+  assert sweep.main([*argv, "--dry-run"]) == 0
+  out = capfd.readouterr().out
+  gcloud = [line for line in out.splitlines() if line.startswith("gcloud")]
+  assert len(gcloud) == 4 and all("--worker=all" in line and "scripts.train" in line for line in gcloud)
+  assert "run=imagenet256" in gcloud[0] and f"tokenizer_workdir={tmp_path}" in gcloud[1].replace("\\", "")
+  assert len([line for line in out.splitlines() if "scripts.evaluate" in line]) == 4
+  assert not list(tmp_path.iterdir())  # a dry run writes nothing
+  with pytest.raises(SystemExit):
+    sweep.main(["maskgit_imagenet256", "--root=relative", "--tpu=pod", "--zone=us-z1"])
+
+
+def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
+  argv = ["levels_sweep", f"--root={tmp_path}", "--levels", "8-8-8", "5-5-5-5-5", "--print"]
+  assert sweep.main([*argv, "--only", "*_stage2"]) == 0
+  printed = commands(capsys.readouterr().out)
+  names = [c.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for c in printed if "scripts.train" in c]
+  # Stage II runs bring their stage I runs with them.
+  assert names == ["fsq_8-8-8_stage1", "fsq_8-8-8_stage2", "fsq_5-5-5-5-5_stage1", "fsq_5-5-5-5-5_stage2"]
+  assert "levels=8-8-8" in printed[0] and "--config.num_train_steps=1000" in printed[0]
+  with pytest.raises(ValueError, match="--levels is an option"):
+    sweep.main(["codebook_size", "--levels", "8-8-8", "--print"])
+  with pytest.raises(ValueError, match="matches no run"):
+    sweep.main(["codebook_size", "--only", "nothing*", "--print"])
+  assert (
+    make_tables.main(["levels_sweep", f"--root={tmp_path}", f"--out={tmp_path / 't'}", "--levels", "8-8-8"])
+    == 0
+  )
+  rows = table_rows((tmp_path / "t" / "table.md").read_text())
+  assert list(rows) == ["8-8-8"] and rows["8-8-8"][:3] == ["512", "9.00", "8"]
+
+
+@pytest.mark.parametrize("scale", common.SCALES)
+def test_paper_experiments_have_valid_configs_and_overrides(scale):
+  for module in (codebook_size, maskgit_imagenet256, levels_sweep):
+    runs = module.runs(scale)
+    common.check_runs(runs)
+    for run in runs:
+      path, arg = run.config.split(":", 1)
+      assert path == "configs/maskgit.py"
+      config = get_config(arg)
+      validate_config(config)
+      expected = (
+        "cpu" if scale == "cpu" else ("imagenet256" if module is maskgit_imagenet256 else "imagenet128")
+      )
+      assert f"run={expected}" in arg
+      for override in run.overrides:
+        field, _ = override.split("=", 1)
+        node = config
+        for part in field.split("."):
+          node = node[part]  # a KeyError names a field the config lacks
+      assert run.num_images == (common.CPU_NUM_IMAGES if scale == "cpu" else common.PAPER_NUM_IMAGES)
+  # Stage I for all three tokenizers at every size; stage II for FSQ and MaskGIT's VQ.
+  runs = {r.name: r for r in codebook_size.runs(scale)}
+  sizes_2 = (8, 12, 16) if scale == "cpu" else (8, 10, 12, 14, 16)
+  expected = [f"{arm}_{b}_stage1" for arm in ("fsq", "vq", "vq_plain") for b in (8, 10, 12, 14, 16)]
+  expected += [f"{arm}_{b}_stage2" for arm in ("fsq", "vq") for b in sizes_2]
+  assert sorted(runs) == sorted(expected)
+  assert runs["vq_plain_12_stage1"].config.endswith("quantizer=vq_plain,codebook=12")
+  assert runs["fsq_16_stage2"].depends_on == "fsq_16_stage1" and runs["fsq_16_stage2"].metrics == (
+    "compression",
+    "fid",
+  )
+
+
+def test_tables_put_our_numbers_beside_the_paper_and_mark_missing_runs():
+  runs = maskgit_imagenet256.runs("cpu")
+  results = {
+    "fsq_stage1": {"codebook/usage": 0.994},
+    "fsq_stage2": {"fid": 12.3456, "precision": 0.5, "recall": 0.25, "fid/guidance_scale": 0.2},
+  }
+  rows = table_rows(maskgit_imagenet256.table(runs, results))
+  assert rows["MaskGIT (FSQ)"] == [
+    "0.2",
+    "0.2",
+    "12.346",
+    "4.534",
+    "0.500",
+    "0.864",
+    "0.250",
+    "0.453",
+    "99%",
+    "100%",
+  ]
+  assert rows["MaskGIT (VQ)"][::2] == [MISSING] * 5 and rows["MaskGIT (VQ)"][3] == "4.509"
+  assert rows["ADM"][3] == "4.590"
+
+  runs = codebook_size.runs("cpu")
+  text = codebook_size.table(runs, {"fsq_8_stage1": {"codebook/usage": 0.9, "psnr": 20.123, "rfid": 30.5}})
+  body = [line for line in text.splitlines()[2:]]
+  fsq_8, fsq_10 = ([c.strip() for c in line.strip("|").split("|")] for line in body[:2])
+  assert fsq_8[:7] == ["FSQ", "8", "8-6-5 (240)", "90.0%", "", "20.12", "30.50"] and fsq_8[7] == MISSING
+  assert fsq_10[3] == MISSING and fsq_10[7:] == [""] * 5  # no stage II at 2^10 at CPU scale
+
+
+def test_figures_are_written(tmp_path):
+  pytest.importorskip("matplotlib")
+  runs = codebook_size.runs("cpu")
+  results = {
+    f"{a}_{b}_stage1": {"rfid": 10.0 / b, "psnr": b, "codebook/usage": 0.5}
+    for a in ("fsq", "vq")
+    for b in (8, 10)
+  }
+  assert [p.name for p in codebook_size.figures(runs, results, tmp_path)] == ["codebook_size.png"]
+  runs = levels_sweep.runs("cpu")
+  results = {"fsq_8-5-5-5_stage1": {"rfid": 3.0, "codebook/usage": 0.9}, "fsq_32-32_stage2": {"fid": 5.0}}
+  assert [p.name for p in levels_sweep.figures(runs, results, tmp_path)] == ["levels_sweep.png"]
+  assert (tmp_path / "codebook_size.png").stat().st_size > 0 and (
+    tmp_path / "levels_sweep.png"
+  ).stat().st_size > 0
