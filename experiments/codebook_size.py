@@ -37,6 +37,7 @@ from fsq.quantizers import codebook_size, levels_for_codebook_size
 
 SIZES = (8, 10, 12, 14, 16)  # log2 of the codebook size
 CPU_STAGE_2_SIZES = (8, 12, 16)
+RUN_ORDER = (8, 12, 16, 10, 14)  # the stage II sizes first, so a partial sweep already shows the trend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,8 @@ def run_name(arm: Arm, bits: int) -> str:
 def runs(scale: str) -> list[Run]:
   check_scale(scale)
   out = []
-  for arm in ARMS:
-    for bits in SIZES:
+  for bits in RUN_ORDER:
+    for arm in ARMS:
       stage_2 = arm.stage_2 and (scale == "paper" or bits in CPU_STAGE_2_SIZES)
       out += maskgit_runs(
         run_name(arm, bits),
