@@ -4,14 +4,15 @@
   python -m scripts.make_tables levels_sweep --levels 8-5-5-5 8-8-8
   python -m scripts.make_tables maskgit_imagenet256 --scale paper --root /shared/runs
 
-Writes OUT/table.md (default OUT: experiments/results/EXPERIMENT/SCALE) and the experiment's figures
-next to it, and prints the table. Runs without results.json show as an en dash and are listed below.
-Figures need matplotlib (pip install matplotlib); without it the table is still written.
+Writes OUT/table.md (default OUT: experiments/results/EXPERIMENT/SCALE), the experiment's figures and
+OUT/results.json (every run's results.json, by run name: the numbers behind the table) and prints the
+table. Runs without results.json show as an en dash and are listed below the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,13 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   table = module.table(runs, results)
   missing = [run.name for run in runs if run.name not in results]
-  try:
-    figures = module.figures(runs, results, out)
-  except ModuleNotFoundError as e:
-    if e.name != "matplotlib":
-      raise
-    print("figures skipped: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
-    figures = []
+  figures = module.figures(runs, results, out)
+  (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
   summary = module.__doc__.strip().splitlines()[0]
   document = render(args.experiment, args.scale, summary, table, missing, figures)
   (out / "table.md").write_text(document)

@@ -62,6 +62,7 @@ def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(tfds_data_dir, t
   assert make_tables.main(["tiny", f"--root={root}", f"--out={out}"]) == 0
   rows = table_rows((out / "table.md").read_text())
   assert list(rows) == ["tokenizer", "transformer"]
+  assert json.loads((out / "results.json").read_text()) == results
   keys = ["psnr", "rfid", "codebook/usage", "codebook/perplexity", "masked_accuracy"]
   keys += ["compression/coded_bits_per_token"]
   for name, cells in rows.items():
@@ -219,7 +220,6 @@ def test_tables_put_our_numbers_beside_the_paper_and_mark_missing_runs():
 
 
 def test_figures_are_written(tmp_path):
-  pytest.importorskip("matplotlib")
   runs = codebook_size.runs("cpu")
   results = {
     f"{a}_{b}_stage1": {"rfid": 10.0 / b, "psnr": b, "codebook/usage": 0.5}
