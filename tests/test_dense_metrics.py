@@ -1,0 +1,173 @@
+"""Dense-task metrics (panoptic quality, NYU depth errors) against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fsq.evals import dense_metrics
+
+# Classes: 0 void, 1 and 2 things, 3 stuff.
+THINGS = (1, 2)
+
+
+def _pq() -> dense_metrics.PanopticQuality:
+  return dense_metrics.PanopticQuality(num_classes=4, thing_classes=THINGS, void_label=0)
+
+
+def _row(*values: int) -> np.ndarray:
+  """A (1, W) map: one image row is enough for every case here."""
+  return np.asarray([values], np.int32)
+
+
+def test_perfect_prediction_gives_one_with_any_instance_ids():
+  gt_sem = np.asarray([[1, 1, 3, 3], [1, 0, 3, 1], [0, 0, 3, 1]], np.int32)
+  gt_ins = np.asarray([[7, 7, 0, 0], [7, 0, 0, 0], [0, 0, 0, 0]], np.int32)
+  # Same segments, other instance ids; the stuff pixels' instance ids differ and are ignored.
+  pred_ins = np.asarray([[2, 2, 5, 6], [2, 9, 7, 4], [1, 1, 8, 4]], np.int32)
+  res = _pq().update(gt_sem, pred_ins, gt_sem, gt_ins).result()
+  for group in ("All", "Things", "Stuff"):
+    assert res[group] == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 2 if group == "All" else 1}
+  assert res["per_class"][1] == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "tp": 2, "fp": 0, "fn": 0, "iou_sum": 2.0}
+  assert math.isnan(res["per_class"][2]["pq"])  # Absent from both: excluded from every mean.
+  assert set(res["per_class"]) == {1, 2, 3}
+
+
+def test_one_match_with_iou_0_6_and_one_miss_split_into_things_and_stuff():
+  # Thing 1: GT A = pixels 0..3, GT B = pixels 7..8; the prediction covers 1..4 (IoU 3/5) and misses B.
+  # Stuff 3: GT {4, 5, 6, 9, 10, 11}, predicted {0, 5, ..., 11}: IoU 5 / (6 + 8 - 5) = 5/9.
+  gt_sem, gt_ins = _row(1, 1, 1, 1, 3, 3, 3, 1, 1, 3, 3, 3), _row(1, 1, 1, 1, 0, 0, 0, 2, 2, 0, 0, 0)
+  pred_sem, pred_ins = _row(3, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3), _row(0, 5, 5, 5, 5, 0, 0, 0, 0, 0, 0, 0)
+  res = _pq().update(pred_sem, pred_ins, gt_sem, gt_ins).result()
+  thing = {"pq": 0.6 / 1.5, "sq": 0.6, "rq": 1 / 1.5}
+  stuff = {"pq": 5 / 9, "sq": 5 / 9, "rq": 1.0}
+  assert res["Things"] == pytest.approx({**thing, "n": 1})
+  assert res["Stuff"] == pytest.approx({**stuff, "n": 1})
+  assert res["All"] == pytest.approx({k: (thing[k] + stuff[k]) / 2 for k in thing} | {"n": 2})
+  assert res["per_class"][1] == pytest.approx({**thing, "tp": 1, "fp": 0, "fn": 1, "iou_sum": 0.6})
+  assert math.isnan(res["per_class"][2]["sq"])
+
+
+def test_iou_of_exactly_one_half_does_not_match():
+  gt_sem, gt_ins = _row(1, 1, 1, 1), _row(1, 1, 1, 1)
+  # Prediction covers 2 of the 4 GT pixels (rest predicted void): IoU 2/4.
+  half = _pq().update(_row(1, 1, 0, 0), _row(1, 1, 0, 0), gt_sem, gt_ins).result()
+  assert half["per_class"][1] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 1, "fn": 1, "iou_sum": 0.0}
+  # Three of four: IoU 3/4 matches.
+  more = _pq().update(_row(1, 1, 1, 0), _row(1, 1, 1, 0), gt_sem, gt_ins).result()
+  assert more["per_class"][1] == pytest.approx(
+    {"pq": 0.75, "sq": 0.75, "rq": 1.0, "tp": 1, "fp": 0, "fn": 0, "iou_sum": 0.75}
+  )
+
+
+def test_gt_void_is_left_out_of_the_union():
+  # The prediction spills onto 2 GT void pixels: IoU 2 / (4 + 2 - 2 - 2) = 1, not 2/4.
+  res = _pq().update(_row(1, 1, 1, 1), _row(3, 3, 3, 3), _row(1, 1, 0, 0), _row(1, 1, 0, 0)).result()
+  assert res["per_class"][1] == pytest.approx(
+    {"pq": 1.0, "sq": 1.0, "rq": 1.0, "tp": 1, "fp": 0, "fn": 0, "iou_sum": 1.0}
+  )
+
+
+def test_false_positive_mostly_on_void_is_ignored():
+  # Thing 2, instance 1 lies wholly on GT void: ignored. Instance 2 is half on void (not more): an FP.
+  # Stuff 3: GT pixels 3..7, predicted 4..7: IoU 4/5.
+  gt_sem, gt_ins = _row(0, 0, 0, 3, 3, 3, 3, 3), _row(0, 0, 0, 0, 0, 0, 0, 0)
+  pred_sem, pred_ins = _row(2, 2, 2, 2, 3, 3, 3, 3), _row(1, 1, 2, 2, 0, 0, 0, 0)
+  res = _pq().update(pred_sem, pred_ins, gt_sem, gt_ins).result()
+  assert res["per_class"][2] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 1, "fn": 0, "iou_sum": 0.0}
+  assert res["Things"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 1}  # Class 1 is absent: excluded.
+  assert res["Stuff"] == pytest.approx({"pq": 0.8, "sq": 0.8, "rq": 1.0, "n": 1})
+  # With instance 2 moved fully onto void, no false positive remains and class 2 drops out.
+  res = _pq().update(_row(2, 2, 2, 3, 3, 3, 3, 3), _row(1, 1, 2, 0, 0, 0, 0, 0), gt_sem, gt_ins).result()
+  assert res["per_class"][2]["fp"] == 0
+  assert res["Things"]["n"] == 0 and math.isnan(res["Things"]["pq"])
+  assert res["All"] == pytest.approx({"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 1})
+
+
+def test_merging_accumulators_equals_accumulating_both_images():
+  first = (_row(3, 1, 1, 1, 1, 3), _row(0, 5, 5, 5, 5, 0), _row(1, 1, 1, 1, 3, 3), _row(1, 1, 1, 1, 0, 0))
+  second = (_row(2, 2, 2, 2, 3, 3), _row(1, 1, 2, 2, 0, 0), _row(0, 0, 0, 3, 3, 3), _row(0, 0, 0, 0, 0, 0))
+  merged = _pq().update(*first).merge(_pq().update(*second))
+  both = _pq().update(*[np.concatenate([a, b]).reshape(2, 1, 6) for a, b in zip(first, second, strict=True)])
+  np.testing.assert_equal(merged.result(), both.result())
+  # Image 1: thing TP (IoU 3/5), stuff FN + FP (IoU 1/3). Image 2: thing FP (half on void), stuff TP.
+  np.testing.assert_array_equal(merged.tp, [0, 1, 0, 1])
+  np.testing.assert_array_equal(merged.fp, [0, 0, 1, 1])
+  np.testing.assert_array_equal(merged.fn, [0, 0, 0, 1])
+  with pytest.raises(ValueError):
+    merged.merge(dense_metrics.PanopticQuality(4, thing_classes=(1,), void_label=0))
+
+
+def test_panoptic_input_checks():
+  with pytest.raises(ValueError, match="neither a class nor void"):
+    _pq().update(_row(4), _row(0), _row(1), _row(0))
+  with pytest.raises(ValueError, match="share one shape"):
+    _pq().update(_row(1, 1), _row(0, 0), _row(1), _row(0))
+  with pytest.raises(ValueError, match="thing class"):
+    dense_metrics.PanopticQuality(4, thing_classes=(0,), void_label=0)
+
+
+def _depth(**kwargs) -> dense_metrics.DepthMetrics:
+  return dense_metrics.DepthMetrics(min_depth=1e-3, max_depth=10.0, **kwargs)
+
+
+def test_depth_errors_of_a_known_pair():
+  gt = np.asarray([[1.0, 2.0], [3.0, 4.0]])
+  pred = np.asarray([[1.0, 2.0], [3.0, 6.0]])  # One error of 2 m at gt 4 m (ratio 1.5).
+  res = _depth(crop=None).update(pred, gt).result()
+  expected = {"rmse": 1.0, "abs_rel": 0.5 / 4, "delta1": 0.75, "delta2": 1.0, "delta3": 1.0}
+  assert res == pytest.approx({**expected, "num_images": 1, "num_pixels": 4, "num_skipped": 0})
+
+
+def test_depth_excludes_invalid_pixels():
+  # 0 (missing), above the range, and the range's ends (the bounds are strict) are all left out.
+  gt = np.asarray([[0.0, 12.0, 10.0, 1e-3], [2.0, 2.0, 4.0, 4.0]])
+  pred = np.asarray([[9.0, 1.0, 3.0, 5.0], [2.0, 3.0, 4.0, 5.0]])
+  res = _depth(crop=None).update(pred, gt).result()
+  assert res["num_pixels"] == 4
+  assert res["rmse"] == pytest.approx(math.sqrt((1 + 1) / 4))
+  assert res["abs_rel"] == pytest.approx((0.5 + 0.25) / 4)
+  assert res["delta1"] == pytest.approx(2 / 4)  # Ratios 1, 1.5, 1, 1.25: 1.25 is not < 1.25.
+
+
+def test_depth_crop():
+  gt = np.full((4, 5), 2.0)
+  pred = np.full((4, 5), 100.0)
+  pred[1:3, 1:4] = [[2.0, 2.0, 2.0], [2.0, 2.0, 5.0]]  # Inside the crop: one error of 3 m in 6 pixels.
+  res = _depth(crop=(1, 3, 1, 4)).update(pred, gt).result()
+  assert res["num_pixels"] == 6
+  assert res["rmse"] == pytest.approx(math.sqrt(9 / 6))
+  nyu = _depth(crop=dense_metrics.NYU_EIGEN_CROP).update(np.ones((480, 640)), np.ones((480, 640))).result()
+  assert nyu["num_pixels"] == 426 * 560 and nyu["rmse"] == 0.0
+  with pytest.raises(ValueError, match="does not fit"):
+    _depth(crop=dense_metrics.NYU_EIGEN_CROP).update(np.ones((426, 560)), np.ones((426, 560)))
+
+
+def test_depth_per_image_and_per_pixel_averaging_differ():
+  # Image 1: one valid pixel, gt 2, pred 5. Image 2: four exact pixels.
+  gt = np.asarray([[[2.0, 0.0], [0.0, 0.0]], [[2.0, 2.0], [2.0, 2.0]]])
+  pred = np.asarray([[[5.0, 1.0], [1.0, 1.0]], [[2.0, 2.0], [2.0, 2.0]]])
+  per_image = _depth(crop=None).update(pred, gt).result()
+  assert per_image == pytest.approx(
+    {"rmse": 1.5, "abs_rel": 0.75, "delta1": 0.5, "delta2": 0.5, "delta3": 0.5}
+    | {"num_images": 2, "num_pixels": 5, "num_skipped": 0}
+  )
+  per_pixel = _depth(crop=None, per_image=False).update(pred, gt).result()
+  assert per_pixel["rmse"] == pytest.approx(math.sqrt(9 / 5))
+  assert per_pixel["abs_rel"] == pytest.approx(1.5 / 5)
+  assert per_pixel["delta1"] == pytest.approx(4 / 5)
+  # Merging one accumulator per image gives the same numbers.
+  merged = _depth(crop=None).update(pred[0], gt[0]).merge(_depth(crop=None).update(pred[1], gt[1]))
+  assert merged.result() == per_image
+
+
+def test_depth_negative_prediction_is_not_accurate_and_empty_image_is_skipped():
+  res = _depth(crop=None).update(np.asarray([[-2.0, 2.0]]), np.asarray([[2.0, 2.0]])).result()
+  assert res["delta1"] == 0.5
+  res = _depth(crop=None).update(np.asarray([[[1.0]], [[3.0]]]), np.asarray([[[0.0]], [[2.0]]])).result()
+  assert res == pytest.approx(
+    {"rmse": 1.0, "abs_rel": 0.5, "delta1": 0.0, "delta2": 1.0, "delta3": 1.0}
+    | {"num_images": 1, "num_pixels": 1, "num_skipped": 1}
+  )
