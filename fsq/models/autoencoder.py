@@ -50,6 +50,15 @@ def make_quantizer(
   raise ValueError(f"quantizer kind must be one of {QUANTIZER_KINDS}, got {kind!r}")
 
 
+def apply_quantizer(
+  quantizer: nn.Module, latents: jax.Array, train: bool
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(codes, aux) of any bottleneck: VQ modules take ``train`` (EMA updates, splitting), FSQ and LFQ don't."""
+  if isinstance(quantizer, vq.VectorQuantizer):
+    return quantizer(latents, train=train)
+  return quantizer(latents)
+
+
 def latent_width(quantizer: nn.Module) -> int:
   """Channels the encoder must output for ``quantizer``."""
   if isinstance(quantizer, layers.FSQ):
@@ -95,9 +104,7 @@ class Autoencoder(nn.Module):
     return self.decoder(quantized), aux
 
   def _quantize(self, latents: jax.Array, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if isinstance(self.quantizer, vq.VectorQuantizer):
-      return self.quantizer(latents, train=train)
-    return self.quantizer(latents)
+    return apply_quantizer(self.quantizer, latents, train)
 
   def encode(self, images: jax.Array) -> jax.Array:
     """Token indices of images: int32 (B, h, w) (plus a group axis for grouped quantizers)."""
