@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from fsq.data import builders, fashion_mnist, pipeline
+from fsq.data import builders, fashion_mnist, pipeline, scenes
 
 tfds.disable_progress_bar()
 
@@ -246,3 +246,45 @@ def test_imagenet_shaped_mock_data_goes_through_the_same_pipeline(tmp_path):
   assert batch["image"].shape == (3, 64, 64, 3) and batch["image"].dtype == np.float32
   assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
   assert batch["label"].dtype == np.int32 and np.all((batch["label"] >= 0) & (batch["label"] < 1000))
+
+
+@pytest.fixture(scope="module")
+def scenes_builder(tmp_path_factory):
+  return builders.prepare("synthetic_scenes/tiny", tmp_path_factory.mktemp("scenes"))
+
+
+def test_dense_maps_travel_with_their_image_through_flips(scenes_builder):
+  dense = ("depth", "semantic", "instance")
+  source = pipeline.tfds_source(scenes_builder, "train", dense)
+  (plain,) = list(make(source, batch_size_per_process=8))
+  (flipped,) = list(make(source, batch_size_per_process=8, random_flip=True))
+  assert np.all(plain["label"] == -1) and plain["semantic"].dtype == np.int32
+  for i in range(8):  # Unshuffled: row i is scene seed i of the train split.
+    scene = scenes.render_scene(i, size=64)
+    np.testing.assert_array_equal(plain["image"][i], (scene["image"].astype(np.float32) - 127.5) / 127.5)
+    mirrored = not np.array_equal(flipped["image"][i], plain["image"][i])
+    for name in dense:
+      np.testing.assert_array_equal(plain[name][i], scene[name])
+      np.testing.assert_array_equal(flipped[name][i], scene[name][:, ::-1] if mirrored else scene[name])
+  with pytest.raises(ValueError, match=r"dense features \['normals'\] are not in synthetic_scenes"):
+    pipeline.tfds_source(scenes_builder, "train", ("normals",))
+
+
+def test_dense_maps_resize_by_nearest_neighbour_like_their_image():
+  values = np.arange(32, dtype=np.int32).reshape(4, 8)
+  # 'crop' to 8: the short side 4 -> 8 doubles every pixel (8 x 16), then the centre columns 4..11.
+  rows, cols = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
+  np.testing.assert_array_equal(pipeline.resize_map(values, 8, "crop"), values[rows // 2, (cols + 4) // 2])
+  padded = pipeline.resize_map(values, 10, "pad")
+  assert padded.shape == (10, 10) and padded[3:7, 1:9].tolist() == values.tolist() and padded.sum() == 496
+
+
+def test_a_dense_map_of_the_wrong_shape_is_a_bad_example():
+  image = builders.png_bytes(np.zeros((4, 4), np.uint8))
+  examples = [{"image": image, "depth": np.zeros((4, 4), np.float32)}] * 3
+  examples.append({"image": image, "depth": np.zeros((3, 4), np.float32)})
+  source = pipeline.ImageSource(examples, (4, 4, 1), ("depth",))
+  with pytest.raises(
+    ValueError, match=r"record_key 3: ValueError: depth must have the image's shape \(4, 4\)"
+  ):
+    list(make(source, batch_size_per_process=2))

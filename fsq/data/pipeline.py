@@ -42,19 +42,23 @@ _PIL_MODES = {1: "L", 3: "RGB"}
 class ImageSource:
   """Random access to examples ``{"image": encoded bytes or uint8 (H, W[, C]), "label": int}``.
 
-  Items are ``{"image", "label", "record_key"}`` with the image still undecoded; `image_shape` is the
-  expected decoded shape (H, W, C), None for a size that varies.
+  Items are ``{"image", "label", "record_key"}`` with the image still undecoded (label -1 for datasets
+  without labels), plus the ``dense`` per-pixel maps (H, W) of the image (e.g. depth, semantic and
+  instance maps: dense tasks' targets); `image_shape` is the expected decoded shape (H, W, C), None
+  for a size that varies.
   """
 
   examples: Sequence[dict[str, Any]]
   image_shape: tuple[int | None, int | None, int]
+  dense: tuple[str, ...] = ()
 
   def __len__(self) -> int:
     return len(self.examples)
 
   def __getitem__(self, record_key: int) -> dict[str, Any]:
     example = self.examples[record_key]
-    return {"image": example["image"], "label": example["label"], "record_key": int(record_key)}
+    item = {"image": example["image"], "label": example.get("label", -1), "record_key": int(record_key)}
+    return {**item, **{name: np.asarray(example[name]) for name in self.dense}}
 
   def __repr__(self) -> str:  # Grain compares it on restore; a list would print all its data.
     examples = self.examples
@@ -62,10 +66,15 @@ class ImageSource:
     return f"ImageSource({name!s}, image_shape={self.image_shape})"
 
 
-def tfds_source(builder: tfds.core.DatasetBuilder, split: str) -> ImageSource:
-  """The split of a prepared array_record TFDS dataset, images left encoded for the pipeline to decode."""
+def tfds_source(builder: tfds.core.DatasetBuilder, split: str, dense: tuple[str, ...] = ()) -> ImageSource:
+  """The split of a prepared array_record TFDS dataset, images left encoded for the pipeline to decode;
+  ``dense`` names per-pixel features to carry along (a ValueError lists the dataset's features)."""
+  features = builder.info.features
+  missing = [name for name in dense if name not in features]
+  if missing:
+    raise ValueError(f"dense features {missing} are not in {builder.name}, which has {sorted(features)}")
   examples = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  return ImageSource(examples, tuple(builder.info.features["image"].shape))
+  return ImageSource(examples, tuple(features["image"].shape), tuple(dense))
 
 
 class SkipLog:
@@ -119,6 +128,9 @@ class _Decode(grain.transforms.Map):
         e not in (None, s) for e, s in zip(self.image_shape, image.shape, strict=True)
       ):
         raise ValueError(f"image shape must be {self.image_shape}, got {image.shape}")
+      for name, values in _dense(example).items():
+        if values.shape != image.shape[:2]:
+          raise ValueError(f"{name} must have the image's shape {image.shape[:2]}, got {values.shape}")
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:  # PIL's errors.
       reason = f"{type(error).__name__}: {error}"
       if self.skip_log is None:
@@ -126,7 +138,30 @@ class _Decode(grain.transforms.Map):
       logging.warning("skipping bad example with record_key %d: %s", key, reason)
       self.skip_log.add(key, reason)
       return None
-    return {"image": image, "label": example["label"]}
+    return {**_dense(example), "image": image, "label": example["label"]}
+
+
+def _dense(example: dict[str, Any]) -> dict[str, Any]:
+  """The example's per-pixel maps: every entry but the image, its label and its record key."""
+  return {k: v for k, v in example.items() if k not in ("image", "label", "record_key")}
+
+
+def resize_map(values: np.ndarray, image_size: int, resize_mode: str) -> np.ndarray:
+  """A per-pixel map (H, W) resized as ``resize_image`` resizes its image, by nearest neighbour (labels
+  and depths are never blended); 'pad' fills with 0 (depth 0 is invalid; labels need a class 0 or a
+  void class the task maps padding to)."""
+  height, width = values.shape
+  if resize_mode == "pad":
+    top, left = (image_size - height) // 2, (image_size - width) // 2
+    out = np.zeros((image_size, image_size), values.dtype)
+    out[top : top + height, left : left + width] = values
+    return out
+  scale = image_size / min(height, width)
+  new_height, new_width = max(image_size, round(height * scale)), max(image_size, round(width * scale))
+  rows = np.minimum((np.arange(new_height) + 0.5) * height / new_height, height - 1).astype(np.int64)
+  cols = np.minimum((np.arange(new_width) + 0.5) * width / new_width, width - 1).astype(np.int64)
+  top, left = (new_height - image_size) // 2, (new_width - image_size) // 2
+  return values[rows[top : top + image_size][:, None], cols[left : left + image_size][None, :]]
 
 
 class _IsDecoded(grain.transforms.Filter):
@@ -165,22 +200,29 @@ class _Resize(grain.transforms.Map):
   resize_mode: str
 
   def map(self, example: dict[str, Any]) -> dict[str, Any]:
-    return {**example, "image": resize_image(example["image"], self.image_size, self.resize_mode)}
+    image = resize_image(example["image"], self.image_size, self.resize_mode)
+    dense = {k: resize_map(v, self.image_size, self.resize_mode) for k, v in _dense(example).items()}
+    return {**example, **dense, "image": image}
 
 
 class _RandomFlip(grain.transforms.RandomMap):
   """Mirrors left-right with probability 1/2; grain seeds rng from the seed and the stream position."""
 
   def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    return {**example, "image": example["image"][:, ::-1]} if rng.random() < 0.5 else example
+    if rng.random() >= 0.5:
+      return example
+    dense = {k: v[:, ::-1] for k, v in _dense(example).items()}
+    return {**example, **dense, "image": example["image"][:, ::-1]}
 
 
 class _Scale(grain.transforms.Map):
-  """uint8 pixels p -> float32 (p - 127.5) / 127.5 in [-1, 1]; labels -> int32."""
+  """uint8 pixels p -> float32 (p - 127.5) / 127.5 in [-1, 1]; labels -> int32; dense maps unchanged
+  (contiguous, after flips)."""
 
   def map(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
     image = (example["image"].astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
-    return {"image": image, "label": np.int32(example["label"])}
+    dense = {k: np.ascontiguousarray(v) for k, v in _dense(example).items()}
+    return {**dense, "image": image, "label": np.int32(example["label"])}
 
 
 def make_loader(
@@ -204,8 +246,9 @@ def make_loader(
   """A grain loader over this process's shard of `source`, yielding dicts of numpy batches.
 
   Batches are ``{"image": float32 (batch_size_per_process, S, S, C) in [-1, 1], "label": int32
-  (batch_size_per_process,)}`` with S = image_size (the source's fixed size when None; resize_mode
-  'pad' or 'crop' as in `resize_image`). Each process reads a disjoint 1/process_count of the records
+  (batch_size_per_process,)}`` plus the source's dense maps (batch_size_per_process, S, S), with
+  S = image_size (the source's fixed size when None; resize_mode 'pad' or 'crop' as in `resize_image`,
+  nearest neighbour for dense maps). Each process reads a disjoint 1/process_count of the records
   (default: this JAX process's share), shuffled by `seed` afresh each epoch; num_epochs None repeats
   forever. Flips depend only on seed and stream position. worker_count 0 transforms in this process,
   > 0 in that many worker processes (batches then differ from worker_count 0, as each worker batches
