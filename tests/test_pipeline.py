@@ -288,3 +288,22 @@ def test_a_dense_map_of_the_wrong_shape_is_a_bad_example():
     ValueError, match=r"record_key 3: ValueError: depth must have the image's shape \(4, 4\)"
   ):
     list(make(source, batch_size_per_process=2))
+
+
+def test_eval_batches_pad_the_shards_that_run_out_keeping_every_dense_field():
+  from configs.autoencoder import get_config
+  from fsq.train.data import InputPipeline
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (10, 4, 4), np.uint8)
+  examples = [{"image": builders.png_bytes(x), "depth": x.astype(np.float32)} for x in images]
+  source = pipeline.ImageSource(examples, (4, 4, 1), ("depth",))
+  config = get_config().data
+  config.image_size, config.num_shards = 4, 4
+  batches = list(InputPipeline(config, 8, 0, sources=(source, source)).eval_batches())
+  # 10 records over 4 contiguous shards of 2 rows per batch: records [0, 2), [2, 5), [5, 7), [7, 10), so
+  # two batches, the second holding the last record of shards 1 and 3 and padding elsewhere.
+  assert [b["mask"].tolist() for b in batches] == [[1] * 8, [0, 0, 1, 0, 0, 0, 1, 0]]
+  valid = np.concatenate([b["depth"][b["mask"] == 1] for b in batches])
+  assert sorted(map(bytes, valid.astype(np.uint8))) == sorted(map(bytes, images))
+  np.testing.assert_array_equal(batches[1]["depth"][batches[1]["mask"] == 0], 0)

@@ -51,19 +51,31 @@ class ImageSource:
   examples: Sequence[dict[str, Any]]
   image_shape: tuple[int | None, int | None, int]
   dense: tuple[str, ...] = ()
+  start: int = 0  # a shard's first record in ``examples``
+  stop: int | None = None  # one past its last (None: the end)
 
   def __len__(self) -> int:
-    return len(self.examples)
+    return (len(self.examples) if self.stop is None else self.stop) - self.start
 
   def __getitem__(self, record_key: int) -> dict[str, Any]:
-    example = self.examples[record_key]
-    item = {"image": example["image"], "label": example.get("label", -1), "record_key": int(record_key)}
+    key = self.start + int(record_key)
+    example = self.examples[key]
+    item = {"image": example["image"], "label": example.get("label", -1), "record_key": key}
     return {**item, **{name: np.asarray(example[name]) for name in self.dense}}
+
+  def shard(self, index: int, count: int) -> ImageSource:
+    """The index-th of ``count`` contiguous shards (sizes differ by at most one; together every record
+    exactly once), keeping the records' keys for error messages."""
+    if not 0 <= index < count:
+      raise ValueError(f"shard index must be in [0, {count}), got {index}")
+    n = len(self)
+    start, stop = self.start + index * n // count, self.start + (index + 1) * n // count
+    return dataclasses.replace(self, start=start, stop=stop)
 
   def __repr__(self) -> str:  # Grain compares it on restore; a list would print all its data.
     examples = self.examples
     name = f"{type(examples).__name__} of {len(examples)}" if isinstance(examples, list | tuple) else examples
-    return f"ImageSource({name!s}, image_shape={self.image_shape})"
+    return f"ImageSource({name!s}, image_shape={self.image_shape}, records [{self.start}, {self.stop}))"
 
 
 def tfds_source(builder: tfds.core.DatasetBuilder, split: str, dense: tuple[str, ...] = ()) -> ImageSource:

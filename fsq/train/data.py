@@ -65,8 +65,10 @@ def _open_sources(
     multihost_utils.sync_global_devices("dataset prepared")
   if jax.process_index() != 0:
     builder = builders.prepare(data_config.name, data_config.data_dir, manual_dir)
-  return pipeline.tfds_source(builder, data_config.train_split), pipeline.tfds_source(
-    builder, data_config.eval_split
+  dense = tuple(data_config.get("dense", ()))  # per-pixel targets of dense tasks, e.g. ("depth",)
+  return (
+    pipeline.tfds_source(builder, data_config.train_split, dense),
+    pipeline.tfds_source(builder, data_config.eval_split, dense),
   )
 
 
@@ -108,6 +110,10 @@ class InputPipeline:
     return (self.batch_size, size, size, self.config.channels)
 
   def _loader(self, source, shard: int, *, train: bool):
+    """Training: grain's equal shares of the shuffled records. Evaluation: contiguous shards that hold
+    every record exactly once (grain's sharding would drop the remainder)."""
+    if not train:
+      source = source.shard(shard, self.num_shards)
     return pipeline.make_loader(
       source,
       batch_size_per_process=self.shard_batch,
@@ -120,8 +126,8 @@ class InputPipeline:
       worker_count=self.config.worker_count if train else 0,
       read_threads=max(1, self.config.get("read_threads", 2)),
       prefetch_buffer_size=self.config.prefetch_buffer_size,
-      process_index=shard,
-      process_count=self.num_shards,
+      process_index=shard if train else 0,
+      process_count=self.num_shards if train else 1,
       skip_log=self.skip_log,
       drop_remainder=train,
     )
@@ -141,22 +147,24 @@ class InputPipeline:
     Every process yields the same number of batches (shards that run out yield padding only).
     """
     iterators = [iter(self._loader(self.eval_source, s, train=False)) for s in self.local_shards]
+    empty = None  # a batch of no rows with every field, to pad the shards that ran out
     for _ in range(self.num_eval_batches(limit)):
-      parts = [_padded(next(it, None), self.shard_batch, self._image_shape()) for it in iterators]
+      raw = [next(it, None) for it in iterators]
+      if empty is None and None in raw:
+        template = next((b for b in raw if b is not None), None)
+        if template is None:  # this process's shards are all done: read the fields off shard 0
+          template = next(iter(self._loader(self.eval_source, 0, train=False)))
+        empty = {k: v[:0] for k, v in template.items()}
+      parts = [_padded(empty if b is None else b, self.shard_batch) for b in raw]
       yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def eval_image_batch(self) -> dict[str, np.ndarray]:
     """The first evaluation batch (for image grids)."""
     return next(self.eval_batches(1))
 
-  def _image_shape(self) -> tuple[int, int, int]:
-    return (self.config.image_size, self.config.image_size, self.config.channels)
 
-
-def _padded(batch: dict[str, np.ndarray] | None, size: int, image_shape) -> dict[str, np.ndarray]:
-  """Pads a (possibly missing or partial) batch to ``size`` rows and adds its ``mask``."""
-  if batch is None:
-    batch = {"image": np.zeros((0, *image_shape), np.float32), "label": np.zeros((0,), np.int32)}
+def _padded(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+  """Pads a (possibly partial or empty) batch to ``size`` rows and adds its ``mask``."""
   n = batch["image"].shape[0]
   out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
   out["mask"] = (np.arange(size) < n).astype(np.float32)
