@@ -10,14 +10,23 @@ from fsq.maskgit.vocab import Vocabulary
 from fsq.models.autoencoder import Autoencoder, codebook_shape, latent_width, make_quantizer
 from fsq.models.discriminator import Discriminator
 from fsq.models.transformer import BidirectionalTransformer
+from fsq.models.uvim import UViM
 from fsq.models.vqgan import Decoder, Encoder
+from fsq.models.vtt import VisionToTextTransformer
 from fsq.tasks.autoencoder import AutoencoderTask
 from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
+from fsq.tasks.uvim import (
+  ColorizationRepresentation,
+  DepthRepresentation,
+  PanopticRepresentation,
+  UViMStageOneTask,
+  UViMStageTwoTask,
+)
 from fsq.train.checkpoint import restore_latest_on_one_device
 from fsq.train.state import make_optimizer
 
-TASKS = ("autoencoder", "tokenizer", "transformer")
+TASKS = ("autoencoder", "tokenizer", "transformer", "uvim_oracle", "uvim_lm")
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
@@ -120,6 +129,67 @@ def build_maskgit_task(
   )
 
 
+def build_dense_representation(config: ml_collections.ConfigDict):
+  """The UViM task representation named by ``config.uvim.task`` (depth | panoptic | colorization)."""
+  u = config.uvim
+  if u.task == "depth":
+    return DepthRepresentation(u.depth_bins, u.min_depth, u.max_depth)
+  if u.task == "panoptic":
+    return PanopticRepresentation(u.num_classes, u.max_instances, tuple(u.thing_classes), u.void_label)
+  if u.task == "colorization":
+    return ColorizationRepresentation()
+  raise ValueError(f"config.uvim.task must be depth, panoptic or colorization, got {u.task!r}")
+
+
+def build_uvim(config: ml_collections.ConfigDict, output_channels: int) -> UViM:
+  """Stage I; quantizer vq_uvim with ``config.quantizer.split = False`` is the no-splitting ablation."""
+  m, q = config.model, config.quantizer
+  quantizer = make_quantizer(q.kind, levels=tuple(q.levels), codebook_size=q.codebook_size, vq_dim=q.vq_dim)
+  if q.kind == "vq_uvim" and not q.split:
+    quantizer = quantizer.clone(split_min_count=None)
+  return UViM(
+    quantizer,
+    output_channels,
+    patch_size=m.patch_size,
+    code_grid=m.code_grid,
+    width=m.width,
+    oracle_depth=m.oracle_depth,
+    base_depth=m.base_depth,
+    num_heads=m.num_heads,
+    mlp_dim=m.mlp_dim,
+    dropout=m.dropout,
+    oracle_context=m.context,
+    base_context=m.context,
+    code_dropout=m.code_dropout,
+  )
+
+
+def build_uvim_stage_two_task(
+  config: ml_collections.ConfigDict, stage_one_variables: dict | None = None
+) -> UViMStageTwoTask:
+  """Stage II; the frozen stage I comes from ``config.tokenizer_workdir`` (its parameters and model state)."""
+  representation = build_dense_representation(config)
+  stage_one = build_uvim(config, representation.output_channels)
+  if stage_one_variables is None:
+    if not config.tokenizer_workdir:
+      raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
+    _, state = restore_latest_on_one_device(Path(config.tokenizer_workdir) / "checkpoints")
+    stage_one_variables = {"params": state["params"], **state["model_state"]}
+  size, _ = codebook_shape(stage_one.quantizer)
+  v = config.vtt
+  vtt = VisionToTextTransformer(
+    size,
+    config.model.code_grid**2,
+    width=v.width,
+    depth=v.depth,
+    num_heads=v.num_heads,
+    mlp_dim=v.mlp_dim,
+    patch_size=v.patch_size,
+    dropout=v.dropout,
+  )
+  return UViMStageTwoTask(stage_one, stage_one_variables, representation, vtt, build_optimizer(config))
+
+
 def build_task(config: ml_collections.ConfigDict):
   if config.task == "autoencoder":
     return AutoencoderTask(build_autoencoder(config), build_optimizer(config))
@@ -127,4 +197,10 @@ def build_task(config: ml_collections.ConfigDict):
     return build_tokenizer_task(config)
   if config.task == "transformer":
     return build_maskgit_task(config)
+  if config.task == "uvim_oracle":
+    representation = build_dense_representation(config)
+    model = build_uvim(config, representation.output_channels)
+    return UViMStageOneTask(model, representation, build_optimizer(config))
+  if config.task == "uvim_lm":
+    return build_uvim_stage_two_task(config)
   raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")

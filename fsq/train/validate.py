@@ -19,6 +19,42 @@ def _positive_int(config: ml_collections.ConfigDict, name: str) -> int:
   return value
 
 
+def _validate_conv(config: ml_collections.ConfigDict) -> None:
+  """The conv encoder/decoder of the autoencoder and MaskGIT tokenizer."""
+  for name in ("model.filters", "model.num_res_blocks", "model.norm_groups"):
+    _positive_int(config, name)
+  multipliers = tuple(config.model.channel_multipliers)
+  factor = 2 ** (len(multipliers) - 1)
+  if config.data.image_size % factor:
+    raise ValueError(
+      f"config.data.image_size = {config.data.image_size} must be divisible by {factor} "
+      f"(2^(len(model.channel_multipliers) - 1) for {multipliers})"
+    )
+  for m in multipliers:
+    if (config.model.filters * m) % config.model.norm_groups:
+      raise ValueError(
+        f"config.model.norm_groups = {config.model.norm_groups} must divide filters x multiplier = "
+        f"{config.model.filters * m}"
+      )
+
+
+def _validate_vit(config: ml_collections.ConfigDict) -> None:
+  """UViM's ViTs: patches tile the image, and the code grid is no finer than the patch grid."""
+  for name in ("model.patch_size", "model.code_grid", "model.width", "model.num_heads", "model.mlp_dim"):
+    _positive_int(config, name)
+  m, size = config.model, config.data.image_size
+  if size % m.patch_size:
+    raise ValueError(
+      f"config.data.image_size = {size} must be divisible by model.patch_size = {m.patch_size}"
+    )
+  if m.code_grid > size // m.patch_size:
+    raise ValueError(
+      f"config.model.code_grid = {m.code_grid} must be at most the patch grid {size // m.patch_size}"
+    )
+  if m.width % m.num_heads:
+    raise ValueError(f"config.model.width = {m.width} must be divisible by model.num_heads = {m.num_heads}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a config the loop cannot run."""
   for name in (
@@ -30,9 +66,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "max_to_keep",
     "data.image_size",
     "data.channels",
-    "model.filters",
-    "model.num_res_blocks",
-    "model.norm_groups",
   ):
     _positive_int(config, name)
   if config.num_eval_batches != -1 and config.num_eval_batches < 1:
@@ -57,19 +90,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "quantizer.vq_dim",
   ):
     _positive_int(config, name)
-  multipliers = tuple(config.model.channel_multipliers)
-  factor = 2 ** (len(multipliers) - 1)
-  if config.data.image_size % factor:
-    raise ValueError(
-      f"config.data.image_size = {config.data.image_size} must be divisible by {factor} "
-      f"(2^(len(model.channel_multipliers) - 1) for {multipliers})"
-    )
-  for m in multipliers:
-    if (config.model.filters * m) % config.model.norm_groups:
-      raise ValueError(
-        f"config.model.norm_groups = {config.model.norm_groups} must divide filters x multiplier = "
-        f"{config.model.filters * m}"
-      )
+  if config.task.startswith("uvim"):
+    _validate_vit(config)
+  else:
+    _validate_conv(config)
   o = config.optimizer
   if not o.learning_rate > 0:
     raise ValueError(f"config.optimizer.learning_rate must be > 0, got {o.learning_rate}")

@@ -1,0 +1,264 @@
+"""UViM tasks: representations and losses against numpy, both stages through the loop, the configs."""
+
+import itertools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.uvim import get_config
+from fsq.data import builders
+from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
+from fsq.tasks import build_task, build_uvim_stage_two_task
+from fsq.tasks.uvim import (
+  ColorizationRepresentation,
+  DepthRepresentation,
+  PanopticRepresentation,
+  bins_to_depth,
+  depth_loss,
+  depth_metric_sums,
+  depth_to_bins,
+  panoptic_loss,
+  panoptic_stats,
+)
+from fsq.train.loop import train_and_evaluate
+from fsq.train.validate import validate_config
+
+TINY = {
+  "batch_size": 8,
+  "num_train_steps": 2,
+  "log_every_steps": 1,
+  "eval_every_steps": 1000,
+  "checkpoint_every_steps": 2,
+  "num_eval_batches": -1,
+  "data.name": "synthetic_scenes/tiny",
+  "model.patch_size": 16,
+  "model.code_grid": 4,
+  "model.width": 32,
+  "model.oracle_depth": 1,
+  "model.base_depth": 1,
+  "model.num_heads": 2,
+  "model.mlp_dim": 64,
+  "quantizer.codebook_size": 64,
+  "quantizer.vq_dim": 8,
+  "vtt.width": 32,
+  "vtt.depth": 1,
+  "vtt.num_heads": 2,
+  "vtt.mlp_dim": 64,
+  "vtt.patch_size": 16,
+  "optimizer.warmup_steps": 1,
+}
+
+
+def _log_softmax(logits):
+  logits = logits - logits.max(-1, keepdims=True)
+  return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def test_depth_bins_round_trip_within_half_a_bin():
+  rng = np.random.default_rng(0)
+  depth = rng.uniform(1e-3, 12.0, (4, 16, 16)).astype(np.float32)
+  bins = depth_to_bins(jnp.asarray(depth), 256, 1e-3, 12.0)
+  assert bins.dtype == jnp.int32 and int(bins.min()) >= 0 and int(bins.max()) <= 255
+  centres = np.asarray(bins_to_depth(bins, 256, 1e-3, 12.0))
+  assert np.max(np.abs(centres - depth)) <= 0.5 * (12.0 - 1e-3) / 256 + 1e-5
+  clipped = depth_to_bins(jnp.array([-1.0, 0.0, 12.0, 50.0]), 256, 1e-3, 12.0)
+  np.testing.assert_array_equal(clipped, [0, 0, 255, 255])
+  rep = DepthRepresentation(256, 1e-3, 12.0)
+  np.testing.assert_allclose(rep.predict(rep.target({"depth": jnp.asarray(depth)})), centres)
+
+
+def test_panoptic_one_hot_argmax_identity():
+  rng = np.random.default_rng(1)
+  rep = PanopticRepresentation(num_classes=5, max_instances=16, thing_classes=(2, 3, 4), void_label=-1)
+  batch = {
+    "semantic": jnp.asarray(rng.integers(0, 5, (2, 8, 8))),
+    "instance": jnp.asarray(rng.integers(0, 16, (2, 8, 8))),
+  }
+  y = rep.target(batch)
+  assert y.shape == (2, 8, 8, 21)
+  pred = rep.predict(y)
+  np.testing.assert_array_equal(pred[..., 0], batch["semantic"])
+  np.testing.assert_array_equal(pred[..., 1], batch["instance"])
+
+
+def test_depth_loss_matches_numpy():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(2, 4, 4, 7))
+  bins = rng.integers(0, 7, (2, 4, 4))
+  picked = np.take_along_axis(_log_softmax(logits), bins[..., None], -1)[..., 0]
+  expected = np.mean(-picked * (bins != 0), axis=(1, 2))
+  got = depth_loss(jnp.asarray(logits, jnp.float32), jnp.asarray(bins))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_panoptic_loss_matches_numpy_and_ignores_void():
+  rng = np.random.default_rng(3)
+  sem_logits, ins_logits = rng.normal(size=(2, 4, 4, 5)), rng.normal(size=(2, 4, 4, 3))
+  semantic, instance = rng.integers(0, 5, (2, 4, 4)), rng.integers(0, 3, (2, 4, 4))
+  semantic[0, 0, 0] = -1  # void: no semantic term
+  sem_term = -np.take_along_axis(_log_softmax(sem_logits), np.maximum(semantic, 0)[..., None], -1)[..., 0]
+  sem_term = np.where(semantic < 0, 0.0, sem_term)
+  ins_term = -np.take_along_axis(_log_softmax(ins_logits), instance[..., None], -1)[..., 0]
+  expected = np.mean(sem_term + ins_term, axis=(1, 2))
+  args = [jnp.asarray(a, jnp.float32) for a in (sem_logits, ins_logits)] + [
+    jnp.asarray(semantic),
+    jnp.asarray(instance),
+  ]
+  np.testing.assert_allclose(panoptic_loss(*args), expected, rtol=1e-5)
+
+
+def test_colorization_grey_input_and_l2_loss():
+  rng = np.random.default_rng(4)
+  images = rng.uniform(-1, 1, (2, 4, 4, 3))
+  rep = ColorizationRepresentation()
+  grey = np.asarray(rep.context(jnp.asarray(images, jnp.float32)))
+  luma = images @ np.array([0.299, 0.587, 0.114])
+  np.testing.assert_allclose(grey, np.repeat(luma[..., None], 3, -1), atol=1e-6)
+  outputs = rng.uniform(-1, 1, images.shape)
+  got = rep.loss(jnp.asarray(outputs, jnp.float32), {"image": jnp.asarray(images, jnp.float32)})
+  np.testing.assert_allclose(got, np.mean((outputs - images) ** 2, axis=(1, 2, 3)), rtol=1e-5)
+
+
+def test_jitted_metric_statistics_match_the_numpy_accumulators():
+  rng = np.random.default_rng(5)
+  gt = rng.uniform(0.5, 13.0, (4, 8, 8))
+  gt[1] = 20.0  # no valid pixel: skipped
+  pred = gt * rng.uniform(0.7, 1.4, gt.shape)
+  mask = np.array([1.0, 1.0, 1.0, 0.0])
+  sums = np.asarray(depth_metric_sums(jnp.asarray(pred), jnp.asarray(gt), jnp.asarray(mask), 1e-3, 12.0))
+  reference = DepthMetrics(1e-3, 12.0, crop=None).update(pred[:3], gt[:3])
+  np.testing.assert_allclose(sums[:5], reference.image_sums, rtol=1e-4)
+  assert (sums[5], sums[6]) == (reference.num_images, reference.num_skipped) == (2, 1)
+
+  shape = (3, 16, 16)
+  gs, gi = rng.integers(-1, 5, shape), rng.integers(0, 4, shape)
+  gs[:, :8], gi[:, :8] = 3, 1  # a large thing segment that the prediction below mostly keeps
+  ps, pi = gs.copy(), gi.copy()
+  noise = rng.random(shape) < 0.2
+  ps[noise], pi[noise] = rng.integers(-1, 5, noise.sum()), rng.integers(0, 4, noise.sum())
+  stats = panoptic_stats(*map(jnp.asarray, (ps, pi, gs, gi)), jnp.ones(3), 5, 4, (2, 3, 4))
+  reference = PanopticQuality(5, (2, 3, 4), void_label=-1).update(ps, pi, gs, gi)
+  np.testing.assert_array_equal(np.asarray(stats[:3]), np.stack([reference.tp, reference.fp, reference.fn]))
+  np.testing.assert_allclose(stats[3], reference.iou_sum, rtol=1e-5)
+  assert reference.tp.sum() > 0
+
+
+@pytest.fixture(scope="module")
+def scenes_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("scenes")
+  builders.prepare("synthetic_scenes/tiny", data_dir)
+  return data_dir
+
+
+def tiny_config(data_dir, arg, **overrides):
+  config = get_config(f"run=cpu,{arg}")
+  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  validate_config(config)
+  return config
+
+
+def test_every_uvim_config_validates_and_bad_patches_are_named():
+  for arg in itertools.product(("oracle", "lm"), ("depth", "panoptic", "colorization"), ("fsq", "vq")):
+    for run in ("cpu", "paper"):
+      validate_config(get_config("stage={},task={},quantizer={},".format(*arg) + f"run={run}"))
+  config = get_config("run=cpu")
+  config.model.patch_size = 7
+  with pytest.raises(ValueError, match=r"image_size = 64 must be divisible by model\.patch_size = 7"):
+    validate_config(config)
+  config.model.patch_size, config.model.code_grid = 8, 16
+  with pytest.raises(ValueError, match="code_grid = 16 must be at most the patch grid 8"):
+    validate_config(config)
+
+
+def _final_metrics(workdir):
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in lines if m["split"] == "train"] == [1, 2]
+  assert all(np.isfinite(m["loss"]) for m in lines if m["split"] == "train")
+  return json.loads((workdir / "final_metrics.json").read_text())
+
+
+def test_stage_one_depth_trains_and_evaluates(scenes_dir, tmp_path):
+  config = tiny_config(scenes_dir, "stage=oracle,task=depth,quantizer=fsq")
+  final = train_and_evaluate(config, tmp_path)
+  assert final == _final_metrics(tmp_path)
+  assert np.isfinite(final["depth/rmse"]) and 0 < final["depth/rmse"] < 12
+  assert final["depth/skipped"] == 0 and np.isfinite(final["task_loss"])
+  assert final["codebook/count"] == 4 * 4 * 4  # 4 test images, 4x4 codes each
+  assert (tmp_path / "images" / "eval_oracle_00000002.png").exists()
+
+
+def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
+  config = tiny_config(scenes_dir, "stage=oracle,task=panoptic,quantizer=vq")
+  final = train_and_evaluate(config, tmp_path / "one")
+  assert 0 <= final["pq/all_pq"] <= 1 and final["codebook/count"] == 4 * 4 * 4
+  config_two = tiny_config(scenes_dir, "stage=lm,task=panoptic,quantizer=vq")
+  config_two.tokenizer_workdir = str(tmp_path / "one")
+  final_two = train_and_evaluate(config_two, tmp_path / "two")
+  assert final_two == _final_metrics(tmp_path / "two")
+  assert np.isfinite(final_two["code_loss"]) and 0 <= final_two["pq/all_pq"] <= 1
+  assert final_two["codebook/count"] == 4 * 16
+
+
+@pytest.mark.parametrize("task", ["depth", "panoptic", "colorization"])
+def test_paper_stage_one_matches_big_vision(task):
+  c = get_config(f"stage=oracle,task={task},quantizer=vq,run=paper")
+  m, q, o = c.model, c.quantizer, c.optimizer
+  assert (c.data.image_size, m.patch_size, m.code_grid) == (512, 16, 16)
+  assert (m.width, m.num_heads, m.mlp_dim, m.oracle_depth, m.base_depth) == (768, 12, 3072, 6, 12)
+  assert m.context and m.code_dropout == "random" and c.batch_size == 1024
+  assert (q.kind, q.codebook_size, q.vq_dim, q.split) == ("vq_uvim", 4096, 768, True)
+  task_obj = build_task(c)
+  vq = task_obj.model.quantizer
+  assert (vq.ema_decay, vq.split_min_count, vq.commitment_cost) == (0.995, 0.1, 0.0)
+  lr, wd = {"depth": (1e-3, 1e-5), "panoptic": (4e-4, 4e-5), "colorization": (4e-4, 4e-5)}[task]
+  assert (o.learning_rate, o.warmup_steps, o.grad_clip_norm, o.b2, o.schedule) == (
+    lr,
+    4000,
+    1.0,
+    0.95,
+    "cosine",
+  )
+  assert o.weight_decay * o.learning_rate == pytest.approx(wd)
+  fsq = get_config(f"stage=oracle,task={task},quantizer=fsq,run=paper")
+  assert tuple(build_task(fsq).model.quantizer.levels) == (7, 5, 5, 5, 5)
+  nosplit = build_task(get_config(f"stage=oracle,task={task},quantizer=vq_nosplit,run=paper"))
+  assert nosplit.model.quantizer.split_min_count is None
+  no_context = get_config(f"stage=oracle,task={task},context=off,run=paper")
+  assert not build_task(no_context).model.base_context and not build_task(no_context).model.oracle_context
+  if task == "depth":
+    assert (c.uvim.depth_bins, c.uvim.min_depth, c.uvim.max_depth) == (256, 1e-3, 10.0)
+    assert task_obj.model.output_channels == 256
+  if task == "panoptic":
+    assert task_obj.model.output_channels == 134 + 100
+
+
+@pytest.mark.parametrize("task", ["depth", "panoptic"])
+def test_paper_stage_two_matches_big_vision(task):
+  c = get_config(f"stage=lm,task={task},quantizer=vq,run=paper")
+  v, o = c.vtt, c.optimizer
+  assert (v.width, v.depth, v.num_heads, v.mlp_dim, v.patch_size) == (1024, 24, 16, 4096, 16)
+  assert (o.learning_rate, o.warmup_steps, c.batch_size) == (1e-3, 4000, 512)
+  assert o.weight_decay * o.learning_rate == pytest.approx(1e-6)
+
+
+def test_full_size_stages_build_without_allocating():
+  c = get_config("stage=oracle,task=depth,quantizer=fsq,run=paper")
+  task = build_task(c)
+  images = jax.ShapeDtypeStruct((1, 512, 512, 3), jnp.float32)
+  state = jax.eval_shape(task.init, jax.random.key(0), {"image": images})
+  assert 80e6 < sum(math.prod(p.shape) for p in jax.tree.leaves(state.params)) < 300e6
+  variables = {"params": state.params, **state.model_state}
+  c2 = get_config("stage=lm,task=depth,quantizer=fsq,run=paper")
+  task2 = build_uvim_stage_two_task(c2, variables)
+  assert (task2.model.codebook_size, task2.model.seq_len) == (4375, 256)
+  state2 = jax.eval_shape(task2.init, jax.random.key(0), {"image": images})
+  assert sum(math.prod(p.shape) for p in jax.tree.leaves(state2.params)) > 500e6
