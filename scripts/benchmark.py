@@ -161,10 +161,17 @@ def _maskgit(args: argparse.Namespace) -> dict[str, object]:
   return maskgit_suite(args.batch_size)
 
 
+def _uvim(args: argparse.Namespace) -> dict[str, object]:
+  from scripts.benchmark_uvim import uvim_suite
+
+  return uvim_suite(args.batch_size)
+
+
 SUITES = {
   "quantizers": lambda args: quantizers_suite(args.repeats, args.fsq_rows, args.vq_rows, args.vq_dim),
   "train": _train,
   "maskgit": _maskgit,
+  "uvim": _uvim,
 }
 
 
@@ -179,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
   parser.add_argument(
     "--train-steps", type=int, default=20, help="train suite: steps and input batches timed"
   )
-  parser.add_argument("--batch-size", type=int, default=64, help="train suite: global batch")
+  parser.add_argument("--batch-size", type=int, default=64, help="train, maskgit, uvim suites: batch")
   parser.add_argument(
     "--data-dir", default="artifacts/tensorflow_datasets", help="train suite: TFDS data_dir"
   )
