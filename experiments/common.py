@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 SCALES = ("cpu", "paper")
-METRICS = ("rfid", "fid", "compression")  # what scripts/evaluate.py computes
+METRICS = ("rfid", "fid", "compression", "color_fid")  # what scripts/evaluate.py computes
 MISSING = "\u2013"  # an en dash: the cell of a run that has no results.json yet
 
 # The CPU-scale budget, the one place to tune it: training steps of each stage, and the images (stage I)

@@ -79,9 +79,11 @@ def test_evaluate_writes_results_with_reconstruction_fid(tfds_data_dir, tmp_path
   workdir = tmp_path / "run"
   config = tiny_config(tfds_data_dir, "steps=2")
   train_and_evaluate(config, workdir)
+  final = json.loads((workdir / "final_metrics.json").read_text())
+  assert evaluate(workdir, (), num_images=10) == {**final, "step": 2.0}  # no metrics: no model loaded
+  assert json.loads((workdir / "results.json").read_text()) == {**final, "step": 2.0}
   results = evaluate(workdir, ("rfid",), num_images=10, cache_dir=tmp_path / "cache")
   saved = json.loads((workdir / "results.json").read_text())
-  final = json.loads((workdir / "final_metrics.json").read_text())
   assert saved == results and saved["step"] == 2 and {k: saved[k] for k in final} == final
 
   # Independent reference: the first 10 test images and their reconstructions by the restored model,

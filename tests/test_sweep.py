@@ -8,7 +8,8 @@ import time
 import pytest
 
 from configs.maskgit import get_config
-from experiments import codebook_size, common, levels_sweep, maskgit_imagenet256
+from configs.uvim import get_config as get_uvim_config
+from experiments import codebook_size, common, levels_sweep, maskgit_imagenet256, uvim
 from experiments.common import MISSING, Run
 from fsq.train.validate import validate_config
 from scripts import make_tables, sweep
@@ -233,3 +234,64 @@ def test_figures_are_written(tmp_path):
   assert (tmp_path / "codebook_size.png").stat().st_size > 0 and (
     tmp_path / "levels_sweep.png"
   ).stat().st_size > 0
+
+
+@pytest.mark.parametrize("scale", common.SCALES)
+def test_uvim_experiment_runs_each_task_and_quantizer_through_both_stages(scale):
+  runs = {r.name: r for r in uvim.runs(scale)}
+  common.check_runs(list(runs.values()))
+  names = [f"{t}_{q}" for t in ("depth", "panoptic", "colorization") for q in ("fsq", "vq", "vq_nosplit")]
+  names += ["panoptic_fsq_nocontext", "panoptic_vq_nocontext"]
+  assert sorted(runs) == sorted(f"{n}_{stage}" for n in names for stage in ("oracle", "lm"))
+  for name, run in runs.items():
+    path, arg = run.config.split(":", 1)
+    config = get_uvim_config(arg)
+    validate_config(config)
+    assert path == "configs/uvim.py" and f"run={'cpu' if scale == 'cpu' else 'paper'}" in arg
+    assert config.task == ("uvim_oracle" if name.endswith("oracle") else "uvim_lm")
+    assert config.model.context == ("nocontext" not in name)
+    if name.endswith("_lm"):
+      assert run.depends_on == name.removesuffix("_lm") + "_oracle"
+    colour = name.startswith("colorization") and name.endswith("_lm")
+    assert run.metrics == (("color_fid",) if colour else ())
+    assert run.num_images == ((500 if scale == "cpu" else 5000) if colour else None)
+  assert runs["depth_vq_nosplit_oracle"].config.endswith(
+    "quantizer=vq_nosplit,context=on,run=" + ("cpu" if scale == "cpu" else "paper")
+  )
+
+
+def test_uvim_table_and_figure(tmp_path):
+  runs = uvim.runs("cpu")
+  results = {
+    "depth_fsq_oracle": {"depth/rmse": 0.25, "codebook/usage": 0.995},
+    "depth_fsq_lm": {"depth/rmse": 0.51234, "codebook/usage": 0.5},
+    "panoptic_vq_lm": {"pq/all_pq": 0.4321},
+    "colorization_fsq_oracle": {"color/psnr": 21.256},
+    "colorization_fsq_lm": {"color_fid": 33.333},
+  }
+  text = uvim.table(runs, results)
+  cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+  rows = {tuple(row[:3]): row[3:] for row in cells}
+  assert len(rows) == len(cells) == 11
+  assert rows[("depth", "FSQ", "on")] == [
+    "RMSE (m): 0.250",
+    "99.5%",
+    "RMSE (m): 0.512",
+    "50.0%",
+    "0.473",
+    "99.00%",
+  ]
+  assert rows[("panoptic", "VQ", "on")] == [
+    "PQ (%): \u2013",
+    MISSING,
+    "PQ (%): 43.2%",
+    MISSING,
+    "43.4%",
+    "100.00%",
+  ]
+  colour = rows[("colorization", "FSQ", "on")]
+  assert colour[0] == "PSNR (dB): 21.26" and colour[2] == "FID: 33.33" and colour[4] == "17.55"
+  assert rows[("depth", "VQ without splitting", "on")][4:] == ["0.490", "0.78%"]
+  assert rows[("panoptic", "FSQ", "off")][4:] == ["40.2%", ""]
+  assert [p.name for p in uvim.figures(runs, results, tmp_path)] == ["uvim.png"]
+  assert (tmp_path / "uvim.png").stat().st_size > 0

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 from configs.uvim import get_config
+from fsq import weights
 from fsq.data import builders
+from fsq.evals import inception
 from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
+from fsq.evals.features import to_inception_input
+from fsq.evals.run_eval import evaluate, load_run
 from fsq.tasks import build_task, build_uvim_stage_two_task
 from fsq.tasks.uvim import (
   ColorizationRepresentation,
@@ -26,6 +30,7 @@ from fsq.tasks.uvim import (
 )
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
+from tests.test_evals import _fid_scipy
 
 TINY = {
   "batch_size": 8,
@@ -206,6 +211,34 @@ def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
   assert final_two == _final_metrics(tmp_path / "two")
   assert np.isfinite(final_two["code_loss"]) and 0 <= final_two["pq/all_pq"] <= 1
   assert final_two["codebook/count"] == 4 * 16
+
+
+def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_path):
+  """Colorization end to end with context=off (the oracle and base model never see the grey image), then
+  stage II and evaluate's color_fid against FID recomputed from the restored model with scipy."""
+  if not weights.path_of("inception_fid").exists():
+    pytest.skip("run `python -m scripts.fetch_weights inception_fid`")
+  config = tiny_config(scenes_dir, "stage=oracle,task=colorization,quantizer=fsq,context=off")
+  final = train_and_evaluate(config, tmp_path / "one")
+  assert final == _final_metrics(tmp_path / "one") and final["codebook/count"] == 4 * 4 * 4
+  config_two = tiny_config(scenes_dir, "stage=lm,task=colorization,quantizer=fsq,context=off")
+  config_two.tokenizer_workdir = str(tmp_path / "one")
+  train_and_evaluate(config_two, tmp_path / "two")
+  with pytest.raises(ValueError, match=r"metric 'rfid' does not apply to task 'uvim_lm \(colorization\)'"):
+    evaluate(tmp_path / "two", ("rfid",), 4)
+  results = evaluate(tmp_path / "two", ("color_fid",), 4, cache_dir=tmp_path / "cache")
+  assert results["color_fid/num_images"] == 4 and results["step"] == 2
+
+  run = load_run(tmp_path / "two")
+  images = next(run.pipeline.eval_batches())["image"][:4]
+  outputs, _ = run.task.predict_outputs(run.state, run.constants, images)
+  colours = np.clip(np.asarray(outputs, np.float64), -1, 1)
+  params = inception.inception_params()
+
+  def feats(x):
+    return np.asarray(inception.features(params, to_inception_input(x))["pool"], np.float64)
+
+  np.testing.assert_allclose(results["color_fid"], _fid_scipy(feats(images), feats(colours)), rtol=2e-3)
 
 
 @pytest.mark.parametrize("task", ["depth", "panoptic", "colorization"])

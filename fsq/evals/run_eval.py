@@ -102,6 +102,28 @@ def reconstruction_fid(
   return {"rfid": _fid(real, fake), "rfid/num_images": float(num_images)}
 
 
+def colorization_fid(
+  run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None = None
+) -> dict[str, float]:
+  """FID between the first ``num_images`` evaluation images and their colourings by a UViM stage II run
+  (the VTT's greedy codes for the grey image, decoded by the frozen stage I)."""
+  task = run.task
+  colour = jax.jit(
+    lambda state, constants, images: task.representation.predict(
+      task.predict_outputs(state, constants, images)[0].astype(jnp.float32)
+    )
+  )
+
+  def batches():
+    for batch in run.pipeline.eval_batches():
+      images = mesh_lib.global_batch(batch["image"], run.mesh)
+      yield {"image": np.asarray(colour(run.state, run.constants, images)), "mask": batch["mask"]}
+
+  real = _reference(run, extractor, num_images, cache_dir)
+  fake = extractor.extract(batches(), num_images, "colourings")
+  return {"color_fid": _fid(real, fake), "color_fid/num_images": float(num_images)}
+
+
 def sample_batches(run: LoadedRun, num_images: int, batch_size: int, seed: int = 0):
   """Class-conditional samples of a stage II run with its sampling settings: dicts {"image": (B, H, W,
   C), "label": (B,)}, labels cycling through the classes so every class is equally represented."""
@@ -176,7 +198,14 @@ def compression_cost(run: LoadedRun, num_images: int, num_steps: int = 12, seed:
   }
 
 
-METRICS = ("rfid", "fid", "compression")
+METRICS = ("rfid", "fid", "compression", "color_fid")
+# The training tasks each metric applies to (color_fid: UViM stage II with uvim.task = colorization).
+METRIC_TASKS = {
+  "rfid": ("autoencoder", "tokenizer"),
+  "fid": ("transformer",),
+  "compression": ("transformer",),
+  "color_fid": ("uvim_lm",),
+}
 
 
 def evaluate(
@@ -195,22 +224,39 @@ def evaluate(
   if not final.exists():
     raise FileNotFoundError(f"{final} is missing: the run has not finished training")
   results = json.loads(final.read_text())
+  if not metrics:
+    results["step"] = float(checkpoint.Checkpointer(workdir / "checkpoints", async_save=False).latest_step())
+    _write_results(workdir, results)
+    return results
   run = load_run(workdir)
-  stage_two = run.config.task == "transformer"
   for name in metrics:
-    if (name == "rfid") == stage_two:
-      raise ValueError(f"metric {name!r} does not apply to task {run.config.task!r} in {workdir}")
-  extractor = FeatureExtractor(run.mesh) if {"rfid", "fid"} & set(metrics) else None
+    if not _applies(name, run.config):
+      what = run.config.task + (f" ({run.config.uvim.task})" if run.config.task.startswith("uvim") else "")
+      raise ValueError(f"metric {name!r} does not apply to task {what!r} in {workdir}")
+  extractor = FeatureExtractor(run.mesh) if {"rfid", "fid", "color_fid"} & set(metrics) else None
   if "rfid" in metrics:
     results.update(reconstruction_fid(run, extractor, num_images, cache_dir=cache_dir))
   if "fid" in metrics:
     results.update(sampling_fid(run, extractor, num_images, cache_dir=cache_dir))
   if "compression" in metrics:
     results.update(compression_cost(run, num_images))
+  if "color_fid" in metrics:
+    results.update(colorization_fid(run, extractor, num_images, cache_dir=cache_dir))
   results["step"] = float(run.step)
+  _write_results(workdir, results)
+  return results
+
+
+def _applies(metric: str, config: ml_collections.ConfigDict) -> bool:
+  if config.task not in METRIC_TASKS[metric]:
+    return False
+  return metric != "color_fid" or config.uvim.task == "colorization"
+
+
+def _write_results(workdir: Path, results: dict[str, float]) -> None:
+  """workdir/results.json, written atomically by process 0."""
   if jax.process_index() == 0:
     tmp = workdir / f"results.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(workdir / "results.json")
   log.info("results for %s: %s", workdir, results)
-  return results
