@@ -17,7 +17,7 @@ from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
 from fsq.evals.features import to_inception_input
 from fsq.evals.run_eval import evaluate, load_run
 from fsq.tasks import build_task, build_uvim_stage_two_task
-from fsq.tasks.uvim import (
+from fsq.tasks.uvim_outputs import (
   ColorizationRepresentation,
   DepthRepresentation,
   PanopticRepresentation,

@@ -16,13 +16,8 @@ from fsq.models.vtt import VisionToTextTransformer
 from fsq.tasks.autoencoder import AutoencoderTask
 from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
-from fsq.tasks.uvim import (
-  ColorizationRepresentation,
-  DepthRepresentation,
-  PanopticRepresentation,
-  UViMStageOneTask,
-  UViMStageTwoTask,
-)
+from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
+from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
 from fsq.train.checkpoint import restore_latest_on_one_device
 from fsq.train.state import make_optimizer
 
