@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments import common
 from experiments.common import (
   Results,
   Run,
@@ -31,6 +32,7 @@ from experiments.common import (
   markdown_table,
   maskgit_runs,
   pyplot,
+  save_figure,
   value,
 )
 from fsq.quantizers import codebook_size, levels_for_codebook_size
@@ -133,14 +135,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
   return markdown_table(HEADER, rows)
 
 
-PANELS = (
-  # (title, run-name suffix, metric key, scale factor)
-  ("reconstruction FID", "stage1", "rfid", 1.0),
-  ("PSNR (dB)", "stage1", "psnr", 1.0),
-  ("codebook usage (%)", "stage1", "codebook/usage", 100.0),
-  ("compression cost (bits/token)", "stage2", "compression/coded_bits_per_token", 1.0),
-  ("sampling FID", "stage2", "fid", 1.0),
-)
+PANELS = tuple(common.PANELS[k] for k in ("rfid", "psnr", "usage", "compression", "fid"))
 
 
 def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
@@ -159,7 +154,4 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
     if ax.lines:  # the first panel with data (none before the first results)
       ax.legend()
       break
-  path = Path(out_dir) / "codebook_size.png"
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, Path(out_dir) / "codebook_size.png")]

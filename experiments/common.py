@@ -193,6 +193,23 @@ def runs_table(runs: Sequence[Run], results: Results, columns: Sequence[tuple[st
   return markdown_table(["run"] + [h for h, _, _ in columns], rows)
 
 
+# Figure panels of the MaskGIT studies: (title, run-name suffix, metric key, scale factor) by name.
+PANELS = {
+  "rfid": ("reconstruction FID", "stage1", "rfid", 1.0),
+  "psnr": ("PSNR (dB)", "stage1", "psnr", 1.0),
+  "usage": ("codebook usage (%)", "stage1", "codebook/usage", 100.0),
+  "compression": ("compression cost (bits/token)", "stage2", "compression/coded_bits_per_token", 1.0),
+  "fid": ("sampling FID", "stage2", "fid", 1.0),
+}
+
+
+def save_figure(fig, path: Path) -> Path:
+  """Writes a matplotlib figure to ``path`` (PNG) and closes it."""
+  fig.savefig(path, dpi=120)
+  pyplot().close(fig)
+  return path
+
+
 def pyplot():
   """matplotlib.pyplot on the Agg backend (files only); imported on first use."""
   import matplotlib

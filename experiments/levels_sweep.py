@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from experiments import common
 from experiments.common import (
   Results,
   Run,
@@ -25,6 +26,7 @@ from experiments.common import (
   markdown_table,
   maskgit_runs,
   pyplot,
+  save_figure,
   value,
 )
 
@@ -85,13 +87,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
   return markdown_table(header, rows)
 
 
-PANELS = (
-  # (title, run-name suffix, metric key, scale factor)
-  ("reconstruction FID", "stage1", "rfid", 1.0),
-  ("codebook usage (%)", "stage1", "codebook/usage", 100.0),
-  ("compression cost (bits/token)", "stage2", "compression/coded_bits_per_token", 1.0),
-  ("sampling FID", "stage2", "fid", 1.0),
-)
+PANELS = tuple(common.PANELS[k] for k in ("rfid", "usage", "compression", "fid"))
 
 
 def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
@@ -112,7 +108,4 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
     ax.set(title=title, xlabel="levels (codes)")
     ax.grid(alpha=0.3)
   fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="smallest level")
-  path = Path(out_dir) / "levels_sweep.png"
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, Path(out_dir) / "levels_sweep.png")]

@@ -22,7 +22,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.common import Results, Run, check_scale, markdown_table, pyplot, value
+from experiments.common import Results, Run, check_scale, markdown_table, pyplot, save_figure, value
 
 CPU_COLOR_FID_IMAGES = 500  # the whole test split of synthetic_scenes/64
 PAPER_COLOR_FID_IMAGES = 5000  # FID-5k
@@ -159,7 +159,4 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
     for ax in (metric_ax, usage_ax):
       ax.tick_params(axis="x", labelrotation=15)
       ax.grid(alpha=0.3, axis="y")
-  path = Path(out_dir) / "uvim.png"
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, Path(out_dir) / "uvim.png")]
