@@ -38,8 +38,9 @@ def build_optimizer(config: ml_collections.ConfigDict):
   )
 
 
-def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
-  m, q = config.model, config.quantizer
+def build_quantizer(config: ml_collections.ConfigDict):
+  """The quantizer of ``config.quantizer``; vq_uvim with ``split = False`` is UViM's no-splitting ablation."""
+  q = config.quantizer
   quantizer = make_quantizer(
     q.kind,
     levels=tuple(q.levels),
@@ -49,6 +50,22 @@ def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
     codebook_size=q.codebook_size,
     vq_dim=q.vq_dim,
   )
+  if q.kind == "vq_uvim" and not q.get("split", True):
+    quantizer = quantizer.clone(split_min_count=None)
+  return quantizer
+
+
+def restore_stage_one(config: ml_collections.ConfigDict) -> dict:
+  """The newest checkpoint's state (a dict) of the frozen stage I run in ``config.tokenizer_workdir``."""
+  if not config.tokenizer_workdir:
+    raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
+  _, state = restore_latest_on_one_device(Path(config.tokenizer_workdir) / "checkpoints")
+  return state
+
+
+def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
+  m = config.model
+  quantizer = build_quantizer(config)
   common = dict(
     filters=m.filters,
     channel_multipliers=tuple(m.channel_multipliers),
@@ -99,9 +116,7 @@ def build_maskgit_task(
   """Stage II; the frozen tokenizer comes from ``config.tokenizer_workdir`` (its EMA parameters)."""
   tokenizer = build_autoencoder(config)
   if tokenizer_variables is None:
-    if not config.tokenizer_workdir:
-      raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
-    _, state = restore_latest_on_one_device(Path(config.tokenizer_workdir) / "checkpoints")
+    state = restore_stage_one(config)
     tokenizer_variables = {"params": state["ema_params"], **state["model_state"]}
   size, groups = codebook_shape(tokenizer.quantizer)
   if groups != 1:
@@ -137,13 +152,10 @@ def build_dense_representation(config: ml_collections.ConfigDict):
 
 
 def build_uvim(config: ml_collections.ConfigDict, output_channels: int) -> UViM:
-  """Stage I; quantizer vq_uvim with ``config.quantizer.split = False`` is the no-splitting ablation."""
-  m, q = config.model, config.quantizer
-  quantizer = make_quantizer(q.kind, levels=tuple(q.levels), codebook_size=q.codebook_size, vq_dim=q.vq_dim)
-  if q.kind == "vq_uvim" and not q.split:
-    quantizer = quantizer.clone(split_min_count=None)
+  """Stage I: the restricted oracle and base model around ``build_quantizer(config)``."""
+  m = config.model
   return UViM(
-    quantizer,
+    build_quantizer(config),
     output_channels,
     patch_size=m.patch_size,
     code_grid=m.code_grid,
@@ -166,9 +178,7 @@ def build_uvim_stage_two_task(
   representation = build_dense_representation(config)
   stage_one = build_uvim(config, representation.output_channels)
   if stage_one_variables is None:
-    if not config.tokenizer_workdir:
-      raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
-    _, state = restore_latest_on_one_device(Path(config.tokenizer_workdir) / "checkpoints")
+    state = restore_stage_one(config)
     stage_one_variables = {"params": state["params"], **state["model_state"]}
   size, _ = codebook_shape(stage_one.quantizer)
   v = config.vtt
