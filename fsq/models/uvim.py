@@ -37,11 +37,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fsq import vq
 from fsq.models.autoencoder import apply_quantizer, latent_width
-from fsq.models.vit import POSEMB_TYPES, Encoder, ViT, posemb_sincos_2d
+from fsq.models.vit import POSEMB_TYPES, Encoder, ViT, add_position_embedding, patch_grid
 
 CODE_DROPOUT_MODES = ("none", "random", "prefix")
 
@@ -86,24 +85,16 @@ class BaseModel(nn.Module):
       (B, H, W, output_channels) float.
     """
     assert codes.ndim == 4, f"expected codes (batch, h, w, dim), got {codes.shape}"
-    assert images.ndim == 4, f"expected images (batch, height, width, channels), got {images.shape}"
+    rows, cols = patch_grid(images, self.patch_size)
     p = self.patch_size
     batch, height, width_px, _ = images.shape
-    if height % p or width_px % p:
-      raise ValueError(f"patch_size = {p} must divide the image height and width, got images {images.shape}")
-    rows, cols = height // p, width_px // p
     x = nn.Dense(self.width, dtype=self.dtype, name="decoder_stem")(codes)
     x = _resize_grid(x, rows, cols)
     if self.context:
       x = x + nn.Conv(
         self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="ctx_embedding"
       )(images)
-    x = x.reshape(batch, rows * cols, self.width)
-    if self.posemb == "learn":
-      init = nn.initializers.normal(1.0 / np.sqrt(self.width))
-      x = x + self.param("pos_embedding", init, (1, rows * cols, self.width))
-    else:
-      x = x + posemb_sincos_2d(rows, cols, self.width)
+    x = add_position_embedding(self, x.reshape(batch, rows * cols, self.width), rows, cols, self.posemb)
     x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout, self.dtype, name="Transformer")(
       x, train=train
     )

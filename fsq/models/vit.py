@@ -98,6 +98,27 @@ class Encoder(nn.Module):
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
+def patch_grid(images: jax.Array, patch_size: int) -> tuple[int, int]:
+  """(rows, cols) of the p x p patch grid of images (B, H, W, C); a ValueError unless p divides H and W."""
+  assert images.ndim == 4, f"expected images (batch, height, width, channels), got {images.shape}"
+  p = patch_size
+  if images.shape[1] % p or images.shape[2] % p:
+    raise ValueError(f"patch_size = {p} must divide the image height and width, got images {images.shape}")
+  return images.shape[1] // p, images.shape[2] // p
+
+
+def add_position_embedding(module: nn.Module, x: jax.Array, rows: int, cols: int, posemb: str) -> jax.Array:
+  """Tokens x (B, rows * cols, width) plus ``module``'s learned ``pos_embedding`` parameter ("learn") or
+  the fixed 2-D sin-cos table ("sincos2d"). Call from inside ``module``'s compact ``__call__``."""
+  if posemb not in POSEMB_TYPES:
+    raise ValueError(f"posemb must be one of {POSEMB_TYPES}, got {posemb!r}")
+  width = x.shape[-1]
+  if posemb == "learn":
+    init = nn.initializers.normal(1.0 / np.sqrt(width))
+    return x + module.param("pos_embedding", init, (1, rows * cols, width))
+  return x + posemb_sincos_2d(rows, cols, width)
+
+
 class ViT(nn.Module):
   """Images (B, H, W, C) -> patch features (B, H/p * W/p, width), patches in row-major order.
 
@@ -119,22 +140,12 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-    assert images.ndim == 4, f"expected images (batch, height, width, channels), got {images.shape}"
+    rows, cols = patch_grid(images, self.patch_size)
     p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
-      raise ValueError(f"patch_size = {p} must divide the image height and width, got images {images.shape}")
-    if self.posemb not in POSEMB_TYPES:
-      raise ValueError(f"posemb must be one of {POSEMB_TYPES}, got {self.posemb!r}")
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embedding")(
       images
     )
-    batch, rows, cols, _ = x.shape
-    x = x.reshape(batch, rows * cols, self.width)
-    if self.posemb == "learn":
-      init = nn.initializers.normal(1.0 / np.sqrt(self.width))
-      x = x + self.param("pos_embedding", init, (1, rows * cols, self.width))
-    else:
-      x = x + posemb_sincos_2d(rows, cols, self.width)
+    x = add_position_embedding(self, x.reshape(x.shape[0], rows * cols, self.width), rows, cols, self.posemb)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     return Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout, self.dtype, name="Transformer")(
       x, train=train
