@@ -55,8 +55,20 @@ def _validate_vit(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model.width = {m.width} must be divisible by model.num_heads = {m.num_heads}")
 
 
+# The model checks of each task family: MaskGIT's conv autoencoder or UViM's ViTs.
+MODEL_CHECKS = {
+  "autoencoder": _validate_conv,
+  "tokenizer": _validate_conv,
+  "transformer": _validate_conv,
+  "uvim_oracle": _validate_vit,
+  "uvim_lm": _validate_vit,
+}
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a config the loop cannot run."""
+  if config.task not in MODEL_CHECKS:
+    raise ValueError(f"config.task must be one of {tuple(MODEL_CHECKS)}, got {config.task!r}")
   for name in (
     "num_train_steps",
     "batch_size",
@@ -90,10 +102,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "quantizer.vq_dim",
   ):
     _positive_int(config, name)
-  if config.task.startswith("uvim"):
-    _validate_vit(config)
-  else:
-    _validate_conv(config)
+  MODEL_CHECKS[config.task](config)
   o = config.optimizer
   if not o.learning_rate > 0:
     raise ValueError(f"config.optimizer.learning_rate must be > 0, got {o.learning_rate}")
