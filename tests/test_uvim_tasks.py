@@ -295,3 +295,23 @@ def test_full_size_stages_build_without_allocating():
   assert (task2.model.codebook_size, task2.model.seq_len) == (4375, 256)
   state2 = jax.eval_shape(task2.init, jax.random.key(0), {"image": images})
   assert sum(math.prod(p.shape) for p in jax.tree.leaves(state2.params)) > 500e6
+
+
+def test_panoptic_statistics_with_many_classes_and_instances_match_numpy():
+  """Per-class overlap histograms against the numpy accumulator: 12 classes x 20 instances, blocky
+  segments (so that many pairs match) with noise, void in both maps, one image masked out."""
+  rng = np.random.default_rng(9)
+  blocks = rng.integers(0, 12, (3, 8, 8)), rng.integers(0, 20, (3, 8, 8))
+  gs, gi = (np.kron(b, np.ones((4, 4), np.int64)) for b in blocks)  # (3, 32, 32), 4x4 blocks
+  gs[rng.random(gs.shape) < 0.05] = 12  # void
+  ps, pi = gs.copy(), gi.copy()
+  noise = rng.random(gs.shape) < 0.3
+  ps[noise], pi[noise] = rng.integers(0, 13, noise.sum()), rng.integers(0, 20, noise.sum())
+  things = tuple(range(4, 12))
+  mask = np.array([1.0, 0.0, 1.0])
+  stats = np.asarray(panoptic_stats(*map(jnp.asarray, (ps, pi, gs, gi)), jnp.asarray(mask), 12, 20, things))
+  keep = mask.astype(bool)
+  reference = PanopticQuality(12, things, void_label=12).update(ps[keep], pi[keep], gs[keep], gi[keep])
+  np.testing.assert_array_equal(stats[:3], np.stack([reference.tp, reference.fp, reference.fn]))
+  np.testing.assert_allclose(stats[3], reference.iou_sum, rtol=1e-5)
+  assert reference.tp.sum() > 20 and reference.fp.sum() > 0 and reference.fn.sum() > 0
