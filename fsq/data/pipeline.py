@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags, logging
 from PIL import Image
+
+from fsq.data import dense_targets
 
 RESIZE_MODES = ("pad", "crop")
 _PIL_MODES = {1: "L", 3: "RGB"}
@@ -53,6 +55,7 @@ class ImageSource:
   dense: tuple[str, ...] = ()
   start: int = 0  # a shard's first record in ``examples``
   stop: int | None = None  # one past its last (None: the end)
+  adapter: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None  # raw example -> dense maps
 
   def __len__(self) -> int:
     return (len(self.examples) if self.stop is None else self.stop) - self.start
@@ -61,7 +64,8 @@ class ImageSource:
     key = self.start + int(record_key)
     example = self.examples[key]
     item = {"image": example["image"], "label": example.get("label", -1), "record_key": key}
-    return {**item, **{name: np.asarray(example[name]) for name in self.dense}}
+    maps = self.adapter(example) if self.adapter is not None and self.dense else example
+    return {**item, **{name: np.asarray(maps[name]) for name in self.dense}}
 
   def shard(self, index: int, count: int) -> ImageSource:
     """The index-th of ``count`` contiguous shards (sizes differ by at most one; together every record
@@ -80,13 +84,21 @@ class ImageSource:
 
 def tfds_source(builder: tfds.core.DatasetBuilder, split: str, dense: tuple[str, ...] = ()) -> ImageSource:
   """The split of a prepared array_record TFDS dataset, images left encoded for the pipeline to decode;
-  ``dense`` names per-pixel features to carry along (a ValueError lists the dataset's features)."""
+  ``dense`` names per-pixel maps to carry along: features of the dataset, or maps that its adapter in
+  ``fsq.data.dense_targets`` makes from its features (COCO panoptic, NYU depth). A ValueError lists
+  what the dataset has."""
   features = builder.info.features
-  missing = [name for name in dense if name not in features]
+  config = builder.builder_config
+  adapter = dense_targets.ADAPTERS.get(f"{builder.name}/{config.name}" if config else builder.name)
+  available = adapter.makes if adapter is not None else tuple(features)
+  missing = [name for name in dense if name not in available]
   if missing:
-    raise ValueError(f"dense features {missing} are not in {builder.name}, which has {sorted(features)}")
-  examples = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  return ImageSource(examples, tuple(features["image"].shape), tuple(dense))
+    raise ValueError(f"dense features {missing} are not in {builder.name}, which has {sorted(available)}")
+  encoded = adapter.encoded if adapter is not None and dense else ()
+  decoders = {name: tfds.decode.SkipDecoding() for name in ("image", *encoded)}
+  examples = builder.as_data_source(split=split, decoders=decoders)
+  fn = adapter.fn if adapter is not None else None
+  return ImageSource(examples, tuple(features["image"].shape), tuple(dense), adapter=fn)
 
 
 class SkipLog:

@@ -1,0 +1,114 @@
+"""Per-pixel targets of the paper-scale UViM datasets, made from their TFDS features for the pipeline.
+
+The pipeline reads dense maps by name (``depth``; ``semantic`` and ``instance``). The synthetic scenes
+store them under those names. The real datasets store something else, and an adapter here turns one
+raw example into the maps. Facts from big_vision's ``pp/proj/uvim/pp_ops.py``:
+
+* COCO 2017 panoptic (TFDS ``coco/2017_panoptic``). ``panoptic_image`` is a PNG whose pixels hold
+  segment ids as R + 256 G + 256^2 B. ``panoptic_objects`` lists each segment's ``id`` and ``label``
+  (133 classes, things first: labels 0-79 are the 80 thing classes). big_vision's ``coco_panoptic``
+  gives a pixel of the n-th listed segment the semantic class label + 1 and the instance n + 1, and a
+  pixel of no segment 0 and 0: class 0 is void. ``make_canonical`` then renumbers the instances 1..K
+  in the order of their centres of mass, row-major ("y" main axis: x + H * y), so the same layout gets
+  the same ids. Here canonicalisation runs on the full-size map, before the pipeline's resize or
+  crop. Crowd segments are kept, as big_vision keeps them.
+* NYU Depth v2 (TFDS ``nyu_depth_v2``): ``depth`` (480, 640) float16 metres becomes float32. The
+  evaluation crop is the depth metric's business (``fsq.evals.dense_metrics.DepthMetrics``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def panoptic_segment_ids(rgb: np.ndarray) -> np.ndarray:
+  """COCO's segment id of each pixel: uint8 (H, W, 3) -> int64 (H, W) R + 256 G + 256^2 B."""
+  rgb = np.asarray(rgb)
+  if rgb.ndim != 3 or rgb.shape[-1] != 3:
+    raise ValueError(f"panoptic_image must be (H, W, 3), got {rgb.shape}")
+  return rgb.astype(np.int64) @ np.array([1, 256, 256**2], np.int64)
+
+
+def canonical_instances(instance: np.ndarray) -> np.ndarray:
+  """Instance ids > 0 renumbered 1..K in the order of their centres of mass (x + H * y, i.e. by
+  row, then column); 0 stays 0. int (H, W) -> int32 (H, W)."""
+  instance = np.asarray(instance)
+  ids = np.unique(instance[instance > 0])
+  out = np.zeros(instance.shape, np.int32)
+  if ids.size == 0:
+    return out
+  rows, cols = np.indices(instance.shape)
+  centres = []
+  for i in ids:
+    where = instance == i
+    centres.append(cols[where].mean() + instance.shape[0] * rows[where].mean())
+  for rank, i in enumerate(ids[np.argsort(centres, kind="stable")]):
+    out[instance == i] = rank + 1
+  return out
+
+
+def coco_semantic_instance(
+  panoptic_rgb: np.ndarray, object_ids: np.ndarray, object_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """(semantic, instance) int32 (H, W) of a COCO panoptic annotation: the label + 1 of the pixel's
+  segment (0: no segment, void) and its canonical instance id (1..K; 0: no segment)."""
+  ids = np.asarray(object_ids, np.int64).reshape(-1)
+  labels = np.asarray(object_labels, np.int64).reshape(-1)
+  if ids.shape != labels.shape:
+    raise ValueError(
+      f"panoptic_objects id and label must have the same length, got {ids.size} and {labels.size}"
+    )
+  segment = panoptic_segment_ids(panoptic_rgb)
+  semantic = np.zeros(segment.shape, np.int32)
+  instance = np.zeros(segment.shape, np.int32)
+  for n, (segment_id, label) in enumerate(zip(ids, labels, strict=True)):
+    where = segment == segment_id
+    semantic[where] = label + 1
+    instance[where] = n + 1
+  return semantic, canonical_instances(instance)
+
+
+def _decode_png(value: bytes | np.ndarray) -> np.ndarray:
+  if isinstance(value, bytes):
+    with Image.open(io.BytesIO(value)) as pil:
+      return np.asarray(pil.convert("RGB"))
+  return np.asarray(value)
+
+
+def coco_panoptic_maps(example: dict[str, Any]) -> dict[str, np.ndarray]:
+  """A ``coco/2017_panoptic`` example -> {"semantic", "instance"} (H, W) int32."""
+  objects = example["panoptic_objects"]
+  semantic, instance = coco_semantic_instance(
+    _decode_png(example["panoptic_image"]), objects["id"], objects["label"]
+  )
+  return {"semantic": semantic, "instance": instance}
+
+
+def nyu_depth_maps(example: dict[str, Any]) -> dict[str, np.ndarray]:
+  """An ``nyu_depth_v2`` example -> {"depth"} (480, 640) float32 metres."""
+  return {"depth": np.asarray(example["depth"], np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+  """How a dataset's raw features become dense maps: the features it reads, those left encoded (the
+  adapter decodes them), the maps it makes, and the function."""
+
+  reads: tuple[str, ...]
+  encoded: tuple[str, ...]
+  makes: tuple[str, ...]
+  fn: Callable[[dict[str, Any]], dict[str, np.ndarray]]
+
+
+ADAPTERS = {
+  "coco/2017_panoptic": Adapter(
+    ("panoptic_image", "panoptic_objects"), ("panoptic_image",), ("semantic", "instance"), coco_panoptic_maps
+  ),
+  "nyu_depth_v2": Adapter(("depth",), (), ("depth",), nyu_depth_maps),
+}
