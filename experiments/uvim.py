@@ -160,3 +160,26 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
       ax.tick_params(axis="x", labelrotation=15)
       ax.grid(alpha=0.3, axis="y")
   return [save_figure(fig, Path(out_dir) / "uvim.png")]
+
+
+def images(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
+  """uvim_predictions.png: the last evaluation's stage II predictions (rows of input | target |
+  prediction, as the loop writes them) of each task (rows) and quantizer (columns), with context."""
+  plt = pyplot()
+  names = {r.name for r in runs}
+  fig, axes = plt.subplots(
+    len(TASKS), len(QUANTIZERS), figsize=(4 * len(QUANTIZERS), 5.5 * len(TASKS)), constrained_layout=True
+  )
+  found = False
+  for row, task in enumerate(TASKS):
+    for col, (quantizer, label) in enumerate(QUANTIZERS):
+      ax, name = axes[row, col], run_name(task, quantizer, "on", "lm")
+      pngs = sorted((Path(run_dir) / name / "images").glob("eval_predictions_*.png")) if name in names else []
+      if pngs:
+        ax.imshow(plt.imread(pngs[-1]))
+        found = True
+      ax.set(title=f"{task.label}, {label}", xticks=[], yticks=[])
+  if not found:
+    plt.close(fig)
+    return []
+  return [save_figure(fig, Path(out_dir) / "uvim_predictions.png")]

@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   table = module.table(runs, results)
   missing = [run.name for run in runs if run.name not in results]
   figures = module.figures(runs, results, out)
+  if callable(getattr(module, "images", None)):  # pictures from the runs' workdirs (samples, predictions)
+    figures += module.images(runs, experiment_dir(args.root, args.experiment, args.scale), out)
   (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
   summary = module.__doc__.strip().splitlines()[0]
   document = render(args.experiment, args.scale, summary, table, missing, figures)

@@ -5,6 +5,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from configs.maskgit import get_config
@@ -295,3 +296,18 @@ def test_uvim_table_and_figure(tmp_path):
   assert rows[("panoptic", "FSQ", "off")][4:] == ["40.2%", ""]
   assert [p.name for p in uvim.figures(runs, results, tmp_path)] == ["uvim.png"]
   assert (tmp_path / "uvim.png").stat().st_size > 0
+
+
+def test_uvim_images_collect_the_last_stage_two_predictions(tmp_path):
+  from PIL import Image
+
+  runs = uvim.runs("cpu")
+  assert uvim.images(runs, tmp_path / "runs", tmp_path) == []  # nothing trained yet: no file
+  for step, shade in ((500, 0), (2000, 200)):
+    folder = tmp_path / "runs" / "depth_fsq_lm" / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 24, 3), shade, np.uint8)).save(folder / f"eval_predictions_{step:08d}.png")
+  (path,) = uvim.images(runs, tmp_path / "runs", tmp_path)
+  assert path == tmp_path / "uvim_predictions.png"
+  pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+  assert np.sum(np.all(pixels == 200, axis=1)) > 100  # the step-2000 picture (grey 200) is the one shown
