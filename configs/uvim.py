@@ -101,7 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ]
     c.data.data_dir = "~/tensorflow_datasets"
     c.data.eval_split = "validation"
-    c.data.resize_mode = "crop"
+    # big_vision's NYU and COCO pipelines resize to 512 x 512 without keeping the aspect ratio.
+    c.data.resize_mode = "crop" if task == "colorization" else "squash"
   else:
     c.data.name = "synthetic_scenes/64"
     c.data.resize_mode = "pad"

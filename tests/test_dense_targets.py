@@ -1,5 +1,6 @@
 """COCO panoptic and NYU depth examples into the pipeline's dense maps, on hand-built annotations."""
 
+import functools
 import io
 
 import numpy as np
@@ -9,12 +10,11 @@ from PIL import Image
 from fsq.data.dense_targets import (
   ADAPTERS,
   canonical_instances,
-  coco_panoptic_maps,
   coco_semantic_instance,
   nyu_depth_maps,
   panoptic_segment_ids,
 )
-from fsq.data.pipeline import ImageSource
+from fsq.data.pipeline import ImageSource, resize_image, resize_map
 
 
 def _rgb(ids: np.ndarray) -> np.ndarray:
@@ -71,16 +71,46 @@ def test_adapters_feed_the_image_source():
   buffer = io.BytesIO()
   Image.fromarray(_rgb(IDS)).save(buffer, format="PNG")
   coco = {"image": b"jpeg", "panoptic_image": buffer.getvalue(), "panoptic_objects": OBJECTS}
-  source = ImageSource([coco], (None, None, 3), ("semantic", "instance"), adapter=coco_panoptic_maps)
+  adapter = functools.partial(ADAPTERS["coco/2017_panoptic"].fn, split="validation")
+  source = ImageSource([coco], (None, None, 3), ("semantic", "instance"), adapter=adapter)
   item = source[0]
   expected = coco_semantic_instance(_rgb(IDS), OBJECTS["id"], OBJECTS["label"])
   np.testing.assert_array_equal(item["semantic"], expected[0])
   np.testing.assert_array_equal(item["instance"], expected[1])
   assert item["image"] == b"jpeg" and item["label"] == -1
-  assert source.shard(0, 1).adapter is coco_panoptic_maps
+  assert source.shard(0, 1).adapter is adapter
 
-  depth = np.full((480, 640), 2.5, np.float16)
-  maps = nyu_depth_maps({"image": b"", "depth": depth})
-  assert maps["depth"].dtype == np.float32 and maps["depth"].shape == (480, 640)
-  assert ADAPTERS["coco/2017_panoptic"].makes == ("semantic", "instance")
-  assert ADAPTERS["nyu_depth_v2"].makes == ("depth",)
+  assert source.shard(0, 1)[0]["image"] == b"jpeg"
+
+
+def test_nyu_depth_is_float32_and_evaluation_splits_get_big_vision_crop():
+  rng = np.random.default_rng(2)
+  depth = rng.uniform(0.5, 9.0, (480, 640)).astype(np.float16)
+  rgb = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(rgb).save(buffer, format="PNG")
+  example = {"image": buffer.getvalue(), "depth": depth}
+  train = nyu_depth_maps(example, "train")
+  assert list(train) == ["depth"] and train["depth"].dtype == np.float32
+  np.testing.assert_array_equal(train["depth"], depth.astype(np.float32))
+  evaluation = nyu_depth_maps(example, "test")
+  np.testing.assert_array_equal(evaluation["depth"], depth[54:480, 41:601].astype(np.float32))
+  np.testing.assert_array_equal(evaluation["image"], rgb[54:480, 41:601])
+  assert evaluation["image"].shape == (426, 560, 3)
+  with pytest.raises(ValueError, match=r"must be \(480, 640\) for the evaluation crop, got \(4, 4\)"):
+    nyu_depth_maps({"image": b"", "depth": np.zeros((4, 4))}, "test")
+  source = ImageSource(
+    [example], (None, None, 3), ("depth",), adapter=functools.partial(nyu_depth_maps, split="test")
+  )
+  item = source[0]
+  assert item["image"].shape == (426, 560, 3) and item["depth"].shape == (426, 560)
+
+
+def test_squash_resizes_without_keeping_the_aspect_ratio():
+  image = np.zeros((4, 8, 3), np.uint8)
+  image[:, 4:] = 255
+  out = resize_image(image, 4, "squash")
+  assert out.shape == (4, 4, 3) and out[:, 0].max() < 30 and out[:, 3].min() > 225
+  values = np.arange(32).reshape(4, 8)
+  np.testing.assert_array_equal(resize_map(values, 4, "squash"), values[:, [1, 3, 5, 7]])
+  np.testing.assert_array_equal(resize_map(values, 8, "squash"), values[[0, 0, 1, 1, 2, 2, 3, 3]])

@@ -12,8 +12,13 @@ raw example into the maps. Facts from big_vision's ``pp/proj/uvim/pp_ops.py``:
   in the order of their centres of mass, row-major ("y" main axis: x + H * y), so the same layout gets
   the same ids. Here canonicalisation runs on the full-size map, before the pipeline's resize or
   crop. Crowd segments are kept, as big_vision keeps them.
-* NYU Depth v2 (TFDS ``nyu_depth_v2``): ``depth`` (480, 640) float16 metres becomes float32. The
-  evaluation crop is the depth metric's business (``fsq.evals.dense_metrics.DepthMetrics``).
+* NYU Depth v2 (TFDS ``nyu_depth_v2``): ``depth`` (480, 640) float16 metres becomes float32. Outside
+  the train split, image and depth are cut to big_vision's evaluation crop (``nyu_eval_crop``: rows
+  54 to 480, columns 41 to 601, 426 x 560; its comment names rows 45 to 471, its code uses 54) before
+  the pipeline resizes them (``resize_mode="squash"``, as big_vision's ``resize(512)``).
+
+An adapter is called as ``fn(example, split)`` and returns the dense maps, and ``image`` when it
+changes the image (decoded, uint8).
 """
 
 from __future__ import annotations
@@ -75,14 +80,16 @@ def coco_semantic_instance(
 
 
 def _decode_png(value: bytes | np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3) from encoded bytes (PNG or JPEG) or an array."""
   if isinstance(value, bytes):
     with Image.open(io.BytesIO(value)) as pil:
       return np.asarray(pil.convert("RGB"))
   return np.asarray(value)
 
 
-def coco_panoptic_maps(example: dict[str, Any]) -> dict[str, np.ndarray]:
-  """A ``coco/2017_panoptic`` example -> {"semantic", "instance"} (H, W) int32."""
+def coco_panoptic_maps(example: dict[str, Any], split: str) -> dict[str, np.ndarray]:
+  """A ``coco/2017_panoptic`` example -> {"semantic", "instance"} (H, W) int32 (any split)."""
+  del split
   objects = example["panoptic_objects"]
   semantic, instance = coco_semantic_instance(
     _decode_png(example["panoptic_image"]), objects["id"], objects["label"]
@@ -90,9 +97,19 @@ def coco_panoptic_maps(example: dict[str, Any]) -> dict[str, np.ndarray]:
   return {"semantic": semantic, "instance": instance}
 
 
-def nyu_depth_maps(example: dict[str, Any]) -> dict[str, np.ndarray]:
-  """An ``nyu_depth_v2`` example -> {"depth"} (480, 640) float32 metres."""
-  return {"depth": np.asarray(example["depth"], np.float32)}
+NYU_EVAL_CROP = (slice(54, 480), slice(41, 601))  # big_vision's nyu_eval_crop, on 480 x 640 frames
+
+
+def nyu_depth_maps(example: dict[str, Any], split: str) -> dict[str, np.ndarray]:
+  """An ``nyu_depth_v2`` example -> {"depth"} (480, 640) float32 metres; outside the train split
+  {"image", "depth"} cut to NYU_EVAL_CROP (426, 560)."""
+  depth = np.asarray(example["depth"], np.float32)
+  if split == "train":
+    return {"depth": depth}
+  if depth.shape != (480, 640):
+    raise ValueError(f"NYU depth maps must be (480, 640) for the evaluation crop, got {depth.shape}")
+  image = _decode_png(example["image"])
+  return {"image": image[NYU_EVAL_CROP], "depth": depth[NYU_EVAL_CROP]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +120,7 @@ class Adapter:
   reads: tuple[str, ...]
   encoded: tuple[str, ...]
   makes: tuple[str, ...]
-  fn: Callable[[dict[str, Any]], dict[str, np.ndarray]]
+  fn: Callable[[dict[str, Any], str], dict[str, np.ndarray]]
 
 
 ADAPTERS = {

@@ -22,6 +22,7 @@ and worker_count (grain checks this).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from PIL import Image
 
 from fsq.data import dense_targets
 
-RESIZE_MODES = ("pad", "crop")
+RESIZE_MODES = ("pad", "crop", "squash")
 _PIL_MODES = {1: "L", 3: "RGB"}
 
 
@@ -55,7 +56,7 @@ class ImageSource:
   dense: tuple[str, ...] = ()
   start: int = 0  # a shard's first record in ``examples``
   stop: int | None = None  # one past its last (None: the end)
-  adapter: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None  # raw example -> dense maps
+  adapter: Callable[[dict[str, Any]], dict[str, np.ndarray]] | None = None  # example -> dense maps[, image]
 
   def __len__(self) -> int:
     return (len(self.examples) if self.stop is None else self.stop) - self.start
@@ -64,8 +65,10 @@ class ImageSource:
     key = self.start + int(record_key)
     example = self.examples[key]
     item = {"image": example["image"], "label": example.get("label", -1), "record_key": key}
-    maps = self.adapter(example) if self.adapter is not None and self.dense else example
-    return {**item, **{name: np.asarray(maps[name]) for name in self.dense}}
+    if self.adapter is None or not self.dense:
+      return {**item, **{name: np.asarray(example[name]) for name in self.dense}}
+    maps = self.adapter(example)
+    return {**item, "image": maps.get("image", item["image"]), **{name: maps[name] for name in self.dense}}
 
   def shard(self, index: int, count: int) -> ImageSource:
     """The index-th of ``count`` contiguous shards (sizes differ by at most one; together every record
@@ -97,7 +100,7 @@ def tfds_source(builder: tfds.core.DatasetBuilder, split: str, dense: tuple[str,
   encoded = adapter.encoded if adapter is not None and dense else ()
   decoders = {name: tfds.decode.SkipDecoding() for name in ("image", *encoded)}
   examples = builder.as_data_source(split=split, decoders=decoders)
-  fn = adapter.fn if adapter is not None else None
+  fn = functools.partial(adapter.fn, split=split) if adapter is not None else None
   return ImageSource(examples, tuple(features["image"].shape), tuple(dense), adapter=fn)
 
 
@@ -180,6 +183,10 @@ def resize_map(values: np.ndarray, image_size: int, resize_mode: str) -> np.ndar
     out = np.zeros((image_size, image_size), values.dtype)
     out[top : top + height, left : left + width] = values
     return out
+  if resize_mode == "squash":
+    rows = np.minimum((np.arange(image_size) + 0.5) * height / image_size, height - 1).astype(np.int64)
+    cols = np.minimum((np.arange(image_size) + 0.5) * width / image_size, width - 1).astype(np.int64)
+    return values[rows[:, None], cols[None, :]]
   scale = image_size / min(height, width)
   new_height, new_width = max(image_size, round(height * scale)), max(image_size, round(width * scale))
   rows = np.minimum((np.arange(new_height) + 0.5) * height / new_height, height - 1).astype(np.int64)
@@ -198,7 +205,8 @@ def resize_image(image: np.ndarray, image_size: int, resize_mode: str) -> np.nda
 
   'pad' centres the image on zero pixels (28 -> 32 adds 2 rows and columns on each side; it needs
   H, W <= image_size); 'crop' resizes the shorter side to image_size (bicubic, antialiased) and
-  keeps the centre square.
+  keeps the centre square; 'squash' resizes H and W to image_size, not keeping the aspect ratio
+  (big_vision's ``resize``).
   """
   height, width, channels = image.shape
   if resize_mode == "pad":
@@ -208,8 +216,11 @@ def resize_image(image: np.ndarray, image_size: int, resize_mode: str) -> np.nda
     out = np.zeros((image_size, image_size, channels), np.uint8)
     out[top : top + height, left : left + width] = image
     return out
-  scale = image_size / min(height, width)
-  new_height, new_width = max(image_size, round(height * scale)), max(image_size, round(width * scale))
+  if resize_mode == "squash":
+    new_height = new_width = image_size
+  else:
+    scale = image_size / min(height, width)
+    new_height, new_width = max(image_size, round(height * scale)), max(image_size, round(width * scale))
   pil = Image.fromarray(image[..., 0] if channels == 1 else image)
   resized = np.asarray(pil.resize((new_width, new_height), Image.Resampling.BICUBIC)).reshape(
     new_height, new_width, channels

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from fsq.data.pipeline import RESIZE_MODES
 from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
 from fsq.train.mesh import mesh_shape
@@ -88,8 +89,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.batch_size = {config.batch_size} must be divisible by the data x fsdp devices ({data * fsdp}) "
       f"and by the number of processes ({jax.process_count()})"
     )
-  if config.data.resize_mode not in ("pad", "crop"):
-    raise ValueError(f"config.data.resize_mode must be 'pad' or 'crop', got {config.data.resize_mode!r}")
+  if config.data.resize_mode not in RESIZE_MODES:
+    raise ValueError(
+      f"config.data.resize_mode must be one of {RESIZE_MODES}, got {config.data.resize_mode!r}"
+    )
   q = config.quantizer
   if q.kind not in QUANTIZER_KINDS:
     raise ValueError(f"config.quantizer.kind must be one of {QUANTIZER_KINDS}, got {q.kind!r}")
