@@ -246,8 +246,7 @@ def test_paper_stage_one_matches_big_vision(task):
   c = get_config(f"stage=oracle,task={task},quantizer=vq,run=paper")
   m, q, o = c.model, c.quantizer, c.optimizer
   assert (c.data.image_size, m.patch_size, m.code_grid) == (512, 16, 16)
-  # big_vision's pp: resize(512) (squash) for NYU and COCO
-  assert c.data.resize_mode == ("crop" if task == "colorization" else "squash")
+  assert c.data.resize_mode == "squash"  # big_vision's pp_eval: resize(512)
   assert (m.width, m.num_heads, m.mlp_dim, m.oracle_depth, m.base_depth) == (768, 12, 3072, 6, 12)
   assert m.context and m.code_dropout == "random" and c.batch_size == 1024
   assert (q.kind, q.codebook_size, q.vq_dim, q.split) == ("vq_uvim", 4096, 768, True)
