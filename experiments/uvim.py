@@ -43,7 +43,7 @@ class Task:
 
 TASKS = (
   Task("depth", "depth", "depth/rmse", "RMSE (m)", ".3f", True),
-  Task("panoptic", "panoptic", "pq/all_pq", "PQ (%)", ".1%", False),
+  Task("panoptic", "panoptic", "pq/all_pq", "PQ", ".1%", False),
   Task("colorization", "colorization", "color_fid", "FID", ".2f", True),
 )
 QUANTIZERS = (("fsq", "FSQ"), ("vq", "VQ"), ("vq_nosplit", "VQ without splitting"))
@@ -153,7 +153,8 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
     usage = [value(results, run_name(task, q, "on", "oracle"), "codebook/usage") for q, _ in QUANTIZERS]
     scale = 100.0 if task.key == "panoptic" else 1.0
     metric_ax.bar(labels, [scale * (v if v is not None else float("nan")) for v in stage_two])
-    metric_ax.set(title=f"{task.label}: stage II {task.metric_label}")
+    unit = " (%)" if task.key == "panoptic" else ""
+    metric_ax.set(title=f"{task.label}: stage II {task.metric_label}{unit}")
     usage_ax.bar(labels, [100.0 * (v if v is not None else float("nan")) for v in usage])
     usage_ax.set(title=f"{task.label}: stage I codebook usage (%)", ylim=(0, 105))
     for ax in (metric_ax, usage_ax):

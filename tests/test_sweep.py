@@ -283,9 +283,9 @@ def test_uvim_table_and_figure(tmp_path):
     "99.00%",
   ]
   assert rows[("panoptic", "VQ", "on")] == [
-    "PQ (%): \u2013",
+    "PQ: \u2013",
     MISSING,
-    "PQ (%): 43.2%",
+    "PQ: 43.2%",
     MISSING,
     "43.4%",
     "100.00%",
