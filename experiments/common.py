@@ -25,6 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 SCALES = ("cpu", "paper")
+NOT_EXPERIMENTS = ("common", "convergence")  # the helper modules of this package
 METRICS = ("rfid", "fid", "compression", "color_fid")  # what scripts/evaluate.py computes
 MISSING = "\u2013"  # an en dash: the cell of a run that has no results.json yet
 
@@ -121,7 +122,7 @@ def check_scale(scale: str) -> None:
 def experiment_names() -> list[str]:
   """The experiment modules of this package."""
   here = Path(__file__).parent
-  return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name != "common")
+  return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name not in NOT_EXPERIMENTS)
 
 
 def load_experiment(name: str) -> ModuleType:

@@ -6,7 +6,8 @@
 
 Writes OUT/table.md (default OUT: experiments/results/EXPERIMENT/SCALE), the experiment's figures and
 OUT/results.json (every run's results.json, by run name: the numbers behind the table) and prints the
-table. Runs without results.json show as an en dash and are listed below the table.
+table. Runs without results.json show as an en dash and are listed below the table. From the runs'
+training logs (metrics.jsonl) it adds a convergence section to table.md and training_curves.png.
 """
 
 from __future__ import annotations
@@ -26,16 +27,25 @@ from experiments.common import (
   load_experiment,
   load_results,
 )
+from experiments.convergence import convergence_table, curves_figure
 
 
 def render(
-  experiment: str, scale: str, summary: str, table: str, missing: Sequence[str], figures: Sequence[Path]
+  experiment: str,
+  scale: str,
+  summary: str,
+  table: str,
+  missing: Sequence[str],
+  figures: Sequence[Path],
+  appendix: str | None = None,
 ) -> str:
-  """The Markdown document: title, table, the runs still missing, the figures (relative links)."""
+  """The Markdown document: title, table, the runs still missing, the figures (relative links), then
+  the appendix (the convergence section) if any."""
   parts = [f"# {experiment} ({scale} scale)", summary, table]
   if missing:
     parts.append(f"Missing (no results.json yet, shown as \u2013): {', '.join(missing)}")
   parts += [f"![{path.stem}]({path.name})" for path in figures]
+  parts += [appendix] if appendix else []
   return "\n\n".join(parts) + "\n"
 
 
@@ -56,11 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   table = module.table(runs, results)
   missing = [run.name for run in runs if run.name not in results]
   figures = module.figures(runs, results, out)
+  run_dir = experiment_dir(args.root, args.experiment, args.scale)
   if callable(getattr(module, "images", None)):  # pictures from the runs' workdirs (samples, predictions)
-    figures += module.images(runs, experiment_dir(args.root, args.experiment, args.scale), out)
+    figures += module.images(runs, run_dir, out)
+  figures += curves_figure(runs, run_dir, out)
   (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
   summary = module.__doc__.strip().splitlines()[0]
-  document = render(args.experiment, args.scale, summary, table, missing, figures)
+  document = render(
+    args.experiment, args.scale, summary, table, missing, figures, convergence_table(runs, run_dir)
+  )
   (out / "table.md").write_text(document)
   print(document)
   print(f"wrote {out / 'table.md'}" + "".join(f", {path}" for path in figures))

@@ -10,7 +10,7 @@ import pytest
 
 from configs.maskgit import get_config
 from configs.uvim import get_config as get_uvim_config
-from experiments import codebook_size, common, levels_sweep, maskgit_imagenet256, uvim
+from experiments import codebook_size, common, convergence, levels_sweep, maskgit_imagenet256, uvim
 from experiments.common import MISSING, Run
 from fsq.train.validate import validate_config
 from scripts import make_tables, sweep
@@ -78,6 +78,7 @@ def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(tfds_data_dir, t
   document = (out / "table.md").read_text()
   assert table_rows(document)["transformer"] == [MISSING] * len(keys)
   assert "Missing (no results.json yet, shown as \u2013): transformer" in document
+  assert "## Convergence" in document and (out / "training_curves.png").stat().st_size > 0
 
 
 def test_a_failed_run_stops_the_sweep_naming_the_run_and_its_log(tmp_path, capsys):
@@ -219,6 +220,42 @@ def test_tables_put_our_numbers_beside_the_paper_and_mark_missing_runs():
   fsq_8, fsq_10 = ([c.strip() for c in line.strip("|").split("|")] for line in body[:2])
   assert fsq_8[:7] == ["FSQ", "8", "8-6-5 (240)", "90.0%", "", "20.12", "30.50"] and fsq_8[7] == MISSING
   assert fsq_10[3] == MISSING and fsq_10[7:] == [""] * 5  # no stage II at 2^10 at CPU scale
+
+
+def test_tail_change_compares_the_medians_of_the_last_two_fifths():
+  steps = np.arange(50, 1001, 50, dtype=np.float64)  # 20 logs; the last fifth holds 850..1000
+  values = np.full(20, 10.0)
+  values[steps > 800] = [4.0, 5.0, 99.0, 6.0]  # median 5.5; the spike at 950 does not count
+  values[(steps > 600) & (steps <= 800)] = [8.0, 7.0, 9.0, 8.0]  # median 8
+  assert convergence.tail_change(steps, values) == pytest.approx((5.5 - 8.0) / 8.0)
+  assert convergence.tail_change(steps[-3:], values[-3:]) is None  # under 2 points before the last fifth
+  rng = np.random.default_rng(0)
+  for _ in range(20):  # a constant series has settled, whatever its level
+    level = rng.uniform(-5, 5)
+    assert convergence.tail_change(steps, np.full(20, level)) == 0.0
+
+
+def test_convergence_table_and_curves_read_the_training_logs(tmp_path):
+  runs = [Run("a", "configs/autoencoder.py"), Run("b", "configs/maskgit.py"), Run("c", "configs/maskgit.py")]
+  records = [{"step": s, "split": "train", "mse": 1.0 / s, "loss": 9.0} for s in range(100, 1001, 100)]
+  records += [{"step": 500, "split": "eval", "psnr": 20.0}, {"step": 1000, "split": "eval", "psnr": 21.5}]
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+  (tmp_path / "b").mkdir()  # a run without a log (not trained yet) is left out
+  (tmp_path / "c").mkdir()
+  records = [{"step": s, "split": "train", "loss": 4.0} for s in (250, 500, 750, 1000)]
+  (tmp_path / "c" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  rows = table_rows(convergence.convergence_table(runs, tmp_path))
+  # a: mse is preferred to loss; medians 1/950 (900, 1000) against 1/750 (700, 800).
+  late, early = np.median([1 / 900, 1 / 1000]), np.median([1 / 700, 1 / 800])
+  assert rows["a"][:2] == ["1000", "mse 0.001"]
+  assert rows["a"][2] == f"{(late - early) / early:+.1%}"
+  assert rows["a"][3] == "psnr 20 (500) \u2192 21.5 (1000)"
+  assert rows["c"] == ["1000", "loss 4", "", ""]  # one log per window: no change; no evaluations
+  assert list(rows) == ["a", "c"]
+  assert [p.name for p in convergence.curves_figure(runs, tmp_path, tmp_path)] == ["training_curves.png"]
+  assert convergence.convergence_table(runs[1:2], tmp_path) is None
+  assert convergence.curves_figure(runs[1:2], tmp_path, tmp_path / "none") == []
 
 
 def test_figures_are_written(tmp_path):

@@ -1,0 +1,116 @@
+"""Has each run settled? Its training curves from metrics.jsonl and how much its loss still moved at the end.
+
+scripts/make_tables appends ``convergence_table`` to every experiment's table.md and writes
+``training_curves.png`` beside it, from the workdirs of the runs that have a metrics.jsonl (the training
+loop's log: one JSON record per line with "step", "split" ("train" or "eval") and the metrics).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from experiments.common import Run, markdown_table, pyplot, save_figure
+
+TRAIN_KEYS = ("mse", "loss")  # the reconstruction term of a tokenizer, else the whole objective
+EVAL_KEYS = ("psnr", "masked_loss", "code_loss")  # tokenizer, MaskGIT transformer, UViM stage II
+TAIL = 0.2  # the last fifth of training, compared with the fifth before it
+
+
+def read_metrics(path: Path) -> list[dict]:
+  """The records of a metrics.jsonl file, in order."""
+  return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def series(
+  records: Sequence[dict], split: str, keys: Sequence[str]
+) -> tuple[str, np.ndarray, np.ndarray] | None:
+  """(key, steps [n], values [n]) of the first of ``keys`` that the ``split`` records carry, else None."""
+  rows = [r for r in records if r.get("split") == split]
+  for key in keys:
+    points = [(r["step"], r[key]) for r in rows if key in r]
+    if points:
+      steps, values = np.asarray(points, dtype=np.float64).T
+      return key, steps, values
+  return None
+
+
+def tail_change(steps: np.ndarray, values: np.ndarray, fraction: float = TAIL) -> float | None:
+  """Relative change of the median value over the last ``fraction`` of the steps against the median over
+  the ``fraction`` before it: (late - early) / |early|, with steps [n] and values [n]. The median ignores
+  an isolated loss spike. Windows are half-open, (T(1-2f), T(1-f)] and (T(1-f), T] for the last step T.
+  None if a window has under 2 points."""
+  last = steps.max()
+  late = values[steps > last * (1 - fraction)]
+  early = values[(steps > last * (1 - 2 * fraction)) & (steps <= last * (1 - fraction))]
+  if len(late) < 2 or len(early) < 2:
+    return None
+  return float((np.median(late) - np.median(early)) / abs(np.median(early)))
+
+
+def _logged(runs: Sequence[Run], run_dir: Path) -> list[tuple[Run, list[dict]]]:
+  paths = [(run, Path(run_dir) / run.name / "metrics.jsonl") for run in runs]
+  return [(run, read_metrics(path)) for run, path in paths if path.exists()]
+
+
+def convergence_table(runs: Sequence[Run], run_dir: Path) -> str | None:
+  """Markdown: per run with a metrics.jsonl, the steps trained, the final training loss, its change over
+  the last fifth of training, and the validation metric at the last two evaluations. None if no run
+  has a log."""
+  rows = []
+  for run, records in _logged(runs, run_dir):
+    train, held_out = series(records, "train", TRAIN_KEYS), series(records, "eval", EVAL_KEYS)
+    if train is None:
+      continue
+    key, steps, values = train
+    change = tail_change(steps, values)
+    evals = ""
+    if held_out is not None:
+      eval_key, eval_steps, eval_values = held_out
+      evals = f"{eval_key} " + " \u2192 ".join(
+        f"{v:.4g} ({s:.0f})" for s, v in zip(eval_steps[-2:], eval_values[-2:], strict=True)
+      )
+    rows.append(
+      [
+        run.name,
+        f"{steps.max():.0f}",
+        f"{key} {values[-1]:.4g}",
+        "" if change is None else f"{change:+.1%}",
+        evals,
+      ]
+    )
+  if not rows:
+    return None
+  header = ["run", "steps", "final train loss", f"change over the last {TAIL:.0%}", "validation (step)"]
+  return (
+    "## Convergence\n\nTraining loss: the median over the last fifth of the steps against the fifth"
+    " before it. Validation: the last two evaluations.\n\n" + markdown_table(header, rows)
+  )
+
+
+def curves_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
+  """training_curves.png: training loss against step (log scale), one panel per loss key and validation
+  metric family (tokenizers, transformers), one line per run. [] if no run has a log."""
+  groups: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+  for run, records in _logged(runs, run_dir):
+    train, held_out = series(records, "train", TRAIN_KEYS), series(records, "eval", EVAL_KEYS)
+    if train is not None:
+      key, steps, values = train
+      groups.setdefault(f"train {key}" + (f" ({held_out[0]} runs)" if held_out else ""), []).append(
+        (run.name, steps, values)
+      )
+  if not groups:
+    return []
+  plt = pyplot()
+  fig, axes = plt.subplots(
+    1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False, constrained_layout=True
+  )
+  for ax, (title, lines) in zip(axes[0], sorted(groups.items()), strict=True):
+    for name, steps, values in lines:
+      ax.plot(steps, values, label=name, linewidth=1)
+    ax.set(title=title, xlabel="step", yscale="log" if all((v > 0).all() for _, _, v in lines) else "linear")
+    ax.legend(fontsize=6, ncol=2)
+  return [save_figure(fig, Path(out_dir) / "training_curves.png")]
