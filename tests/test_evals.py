@@ -14,7 +14,7 @@ from fsq.evals.features import FeatureExtractor, reference_features, to_inceptio
 from fsq.evals.run_eval import evaluate, load_run, sample_batches
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
-from fsq.train.validate import validate_config
+from tests.helpers import patched
 from tests.test_train import TINY, tiny_config
 
 needs_inception = pytest.mark.skipif(
@@ -126,14 +126,7 @@ def _maskgit_config(data_dir, stage, **extra):
     "sampling.samples_per_class": 1,
     **extra,
   }
-  for key, value in tiny.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  validate_config(config)
-  return config
+  return patched(config, tiny)
 
 
 @needs_inception

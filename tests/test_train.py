@@ -19,7 +19,7 @@ from configs.autoencoder import get_config
 from fsq.data import pipeline
 from fsq.train.checkpoint import Checkpointer, restore_on_one_device
 from fsq.train.loop import NonFiniteLossError, train_and_evaluate
-from fsq.train.validate import validate_config
+from tests.helpers import patched
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -36,15 +36,7 @@ TINY = {
 
 
 def tiny_config(data_dir, arg="", **overrides):
-  config = get_config(arg)
-  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  validate_config(config)
-  return config
+  return patched(get_config(arg), {**TINY, "data.data_dir": str(data_dir), **overrides})
 
 
 def read_metrics(workdir, split="train"):

@@ -30,6 +30,7 @@ from fsq.tasks.uvim_outputs import (
 )
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
+from tests.helpers import patched
 from tests.test_evals import _fid_scipy
 
 TINY = {
@@ -160,15 +161,7 @@ def scenes_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, arg, **overrides):
-  config = get_config(f"run=cpu,{arg}")
-  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  validate_config(config)
-  return config
+  return patched(get_config(f"run=cpu,{arg}"), {**TINY, "data.data_dir": str(data_dir), **overrides})
 
 
 def test_every_uvim_config_validates_and_bad_patches_are_named():
