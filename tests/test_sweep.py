@@ -1,6 +1,7 @@
 """Sweeps and tables: the tiny experiment end to end (train, evaluate, skip, print, tabulate), failures,
 scheduling, TPU dry runs, and the paper experiments' runs and tables."""
 
+import itertools
 import json
 import threading
 import time
@@ -18,7 +19,12 @@ from scripts import make_tables, sweep
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
   """{first cell: the other cells} for the body rows of the first Markdown table in ``markdown``."""
-  lines = [line for line in markdown.splitlines() if line.startswith("|")]
+  lines = list(
+    itertools.takewhile(
+      lambda line: line.startswith("|"),
+      itertools.dropwhile(lambda line: not line.startswith("|"), markdown.splitlines()),
+    )
+  )
   rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
   return {row[0]: row[1:] for row in rows}
 
