@@ -207,6 +207,25 @@ def test_orbax_checkpoint_manager_restores_the_iterator(test_source, tmp_path):
   assert_same_batches(take(restored["data"], 5), expected)
 
 
+def test_iterator_state_of_a_whole_source_restores_only_into_the_same_source(reference):
+  """Grain checks repr(source) on restore: a whole source prints no record range (its state as saved before
+  sources had ranges still restores), a shard prints its range, so one shard's state is refused by another."""
+  source = small_source(reference, 10)
+  assert repr(source) == "ImageSource(list of 10, image_shape=(28, 28, 1))"
+  assert repr(source.shard(1, 2)) == "ImageSource(list of 10, image_shape=(28, 28, 1), records [5, 10))"
+  args = dict(batch_size_per_process=2, shuffle=True, num_epochs=None, image_size=32, seed=1)
+  iterator = iter(make(source, **args))
+  take(iterator, 2)
+  state = iterator.get_state()
+  assert b'"data_source": "ImageSource(list of 10, image_shape=(28, 28, 1))"' in state
+  expected = take(iterator, 3)
+  resumed = iter(make(small_source(reference, 10), **args))
+  resumed.set_state(state)
+  assert_same_batches(take(resumed, 3), expected)
+  with pytest.raises(ValueError, match="does not match"):
+    iter(make(source.shard(0, 2), **args)).set_state(state)
+
+
 def bad_source(reference):
   """Eight good examples (record keys 0, 1, 3, 5, 6, 8, 9, 10) and three bad ones (2, 4, 7)."""
   good = small_source(reference, 8).examples

@@ -79,10 +79,16 @@ class ImageSource:
     start, stop = self.start + index * n // count, self.start + (index + 1) * n // count
     return dataclasses.replace(self, start=start, stop=stop)
 
-  def __repr__(self) -> str:  # Grain compares it on restore; a list would print all its data.
+  def __repr__(self) -> str:
+    """Grain compares it on restore, so it must stay stable: a list would print all its data, and a
+    source of all its records prints no range, as it did before shards had one (older checkpoints of
+    unsharded sources still restore)."""
     examples = self.examples
     name = f"{type(examples).__name__} of {len(examples)}" if isinstance(examples, list | tuple) else examples
-    return f"ImageSource({name!s}, image_shape={self.image_shape}, records [{self.start}, {self.stop}))"
+    whole = self.start == 0 and self.stop is None
+    return f"ImageSource({name!s}, image_shape={self.image_shape}" + (
+      ")" if whole else f", records [{self.start}, {self.stop}))"
+    )
 
 
 def tfds_source(builder: tfds.core.DatasetBuilder, split: str, dense: tuple[str, ...] = ()) -> ImageSource:
