@@ -10,7 +10,8 @@ Run RUN lives in ROOT/EXPERIMENT/SCALE/RUN, with train.log and evaluate.log (app
 attempt). A run whose results.json exists is complete and skipped; an interrupted one resumes: training
 continues from its newest checkpoint (and is skipped once final_metrics.json exists), evaluation is
 redone. A run starts after the run it depends on (stage II after its tokenizer). The first failure stops
-the sweep, naming the run and its log; runs in flight get SIGTERM, which checkpoints them. Each command
+the sweep, naming the run and its log; runs in flight get SIGTERM, which checkpoints them (so does a
+SIGTERM to the sweep). Each command
 and its outcome is logged to stdout and ROOT/EXPERIMENT/SCALE/sweep.log. To retrain a run, delete its
 workdir.
 
@@ -307,7 +308,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"{name}: skipped (results.json exists)")
   todo = [run for run in runs if run.name not in complete]
   log(f"{args.experiment} at scale {args.scale}: {len(todo)} of {len(runs)} runs to do in {directory}")
-  failure = schedule(todo, complete, sweep.execute, args.parallel, sweep.processes.stop)
+  # SIGTERM (a scheduler, kill) stops the sweep as a failure does: runs in flight get SIGTERM, checkpoint
+  # and exit, instead of living on without the sweep.
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: sweep.processes.stop())
+  try:
+    failure = schedule(todo, complete, sweep.execute, args.parallel, sweep.processes.stop)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   if failure is not None:
     log(f"FAILED: run {failure.run}: {failure.message}; log: {failure.log}")
     if failure.log is not None:

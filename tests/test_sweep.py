@@ -3,6 +3,9 @@ scheduling, TPU dry runs, and the paper experiments' runs and tables."""
 
 import itertools
 import json
+import os
+import signal
+import sys
 import threading
 import time
 
@@ -95,6 +98,30 @@ def test_a_failed_run_stops_the_sweep_naming_the_run_and_its_log(tmp_path, capsy
   assert f"FAILED: run tokenizer: train exited with status 1; log: {train_log}" in out
   assert "no_such_field" in train_log.read_text() and f"last lines of {train_log}" in err
   assert not (root / "tiny" / "cpu" / "transformer").exists()  # its dependency failed: never started
+
+
+def test_sigterm_to_the_sweep_stops_its_runs_in_flight(tmp_path, monkeypatch, capsys):
+  started, stopped = tmp_path / "started", tmp_path / "stopped"
+  child = (
+    "import pathlib, signal, sys, time\n"
+    f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(stopped)!r}).touch(), sys.exit(0)))\n"
+    f"pathlib.Path({str(started)!r}).touch()\n"
+    "time.sleep(120)\n"
+  )
+  monkeypatch.setattr(sweep, "train_command", lambda run, directory, overrides: [sys.executable, "-c", child])
+
+  def kill_when_started():
+    while not started.exists():
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  killer = threading.Thread(target=kill_when_started, daemon=True)
+  killer.start()
+  begin = time.perf_counter()
+  assert sweep.main(["tiny", f"--root={tmp_path / 'runs'}"]) == 1
+  assert stopped.exists() and time.perf_counter() - begin < 60  # the child got SIGTERM, did not sleep on
+  assert "tokenizer: train stopped before its last step" in capsys.readouterr().out
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the sweep's handler is gone again
 
 
 def test_schedule_runs_dependencies_first_at_most_parallel_at_once_and_stops_on_failure():
