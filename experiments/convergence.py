@@ -8,6 +8,7 @@ loop's log: one JSON record per line with "step", "split" ("train" or "eval") an
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import numpy as np
 from experiments.common import Run, markdown_table, pyplot, save_figure
 
 TRAIN_KEYS = ("mse", "loss")  # the reconstruction term of a tokenizer, else the whole objective
-EVAL_KEYS = ("psnr", "masked_loss", "code_loss")  # tokenizer, MaskGIT transformer, UViM stage II
+# The validation metric of each task family, first found: tokenizer, MaskGIT transformer, UViM II, UViM I.
+EVAL_KEYS = ("psnr", "masked_loss", "code_loss", "task_loss")
 TAIL = 0.2  # the last fifth of training, compared with the fifth before it
 
 
@@ -91,17 +93,21 @@ def convergence_table(runs: Sequence[Run], run_dir: Path) -> str | None:
   )
 
 
+def stage(run: Run) -> str:
+  """The 'stage=' argument of the run's config spec (e.g. 'tokenizer'), else its config file's name."""
+  match = re.search(r"[:,]stage=([^,]+)", run.config)
+  return match.group(1) if match else Path(run.config.split(":")[0]).stem
+
+
 def curves_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
-  """training_curves.png: training loss against step (log scale), one panel per loss key and validation
-  metric family (tokenizers, transformers), one line per run. [] if no run has a log."""
+  """training_curves.png: training loss against step (log scale), one panel per stage (e.g. tokenizer,
+  transformer) and loss key, one line per run. [] if no run has a log."""
   groups: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
   for run, records in _logged(runs, run_dir):
-    train, held_out = series(records, "train", TRAIN_KEYS), series(records, "eval", EVAL_KEYS)
+    train = series(records, "train", TRAIN_KEYS)
     if train is not None:
       key, steps, values = train
-      groups.setdefault(f"train {key}" + (f" ({held_out[0]} runs)" if held_out else ""), []).append(
-        (run.name, steps, values)
-      )
+      groups.setdefault(f"{stage(run)}: train {key}", []).append((run.name, steps, values))
   if not groups:
     return []
   plt = pyplot()
@@ -109,6 +115,7 @@ def curves_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Pat
     1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False, constrained_layout=True
   )
   for ax, (title, lines) in zip(axes[0], sorted(groups.items()), strict=True):
+    ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 20 distinct colours, not 10
     for name, steps, values in lines:
       ax.plot(steps, values, label=name, linewidth=1)
     ax.set(title=title, xlabel="step", yscale="log" if all((v > 0).all() for _, _, v in lines) else "linear")

@@ -287,6 +287,11 @@ def test_convergence_table_and_curves_read_the_training_logs(tmp_path):
   assert rows["c"] == ["1000", "loss 4", "", ""]  # one log per window: no change; no evaluations
   assert list(rows) == ["a", "c"]
   assert [p.name for p in convergence.curves_figure(runs, tmp_path, tmp_path)] == ["training_curves.png"]
+  # The figure's panels: one per stage of the config spec (the file's name when the spec names none).
+  assert convergence.stage(Run("t", "configs/maskgit.py:stage=tokenizer,run=cpu")) == "tokenizer"
+  assert convergence.stage(Run("t", "configs/uvim.py:task=depth,stage=lm")) == "lm"
+  assert convergence.stage(Run("t", "configs/uvim.py:substage=x")) == "uvim"
+  assert convergence.stage(runs[0]) == "autoencoder"
   assert convergence.convergence_table(runs[1:2], tmp_path) is None
   assert convergence.curves_figure(runs[1:2], tmp_path, tmp_path / "none") == []
 
