@@ -7,7 +7,6 @@ loop's log: one JSON record per line with "step", "split" ("train" or "eval") an
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,16 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import Run, markdown_table, pyplot, save_figure
+from fsq.train.writers import read_metrics
 
 TRAIN_KEYS = ("mse", "loss")  # the reconstruction term of a tokenizer, else the whole objective
 # The validation metric of each task family, first found: tokenizer, MaskGIT transformer, UViM II, UViM I.
 EVAL_KEYS = ("psnr", "masked_loss", "code_loss", "task_loss")
 TAIL = 0.2  # the last fifth of training, compared with the fifth before it
-
-
-def read_metrics(path: Path) -> list[dict]:
-  """The records of a metrics.jsonl file, in order."""
-  return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def series(

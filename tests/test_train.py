@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from configs.autoencoder import get_config
 from fsq.data import pipeline
+from fsq.train import writers
 from fsq.train.checkpoint import Checkpointer, restore_on_one_device
 from fsq.train.loop import NonFiniteLossError, train_and_evaluate
 from tests.helpers import patched
@@ -40,8 +41,7 @@ def tiny_config(data_dir, arg="", **overrides):
 
 
 def read_metrics(workdir, split="train"):
-  lines = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return [m for m in lines if m["split"] == split]
+  return [m for m in writers.read_metrics(Path(workdir) / "metrics.jsonl") if m["split"] == split]
 
 
 def restore_state(workdir, step):

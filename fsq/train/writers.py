@@ -15,6 +15,11 @@ import jax
 import numpy as np
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+  """The records of a metrics.jsonl file (as MetricWriter writes it), in order."""
+  return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def image_grid(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray:
   """(N, H, W, C) floats in [-1, 1] -> one (rows*(H+pad)+pad, columns*(W+pad)+pad, C) uint8 grid."""
   images = np.asarray(images, np.float32)
