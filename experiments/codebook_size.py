@@ -25,6 +25,7 @@ from pathlib import Path
 
 from experiments import common
 from experiments.common import (
+  PERCENT,
   Results,
   Run,
   cell,
@@ -121,7 +122,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
           arm.label,
           str(bits),
           codes(arm, bits),
-          cell(results, one, "codebook/usage", ".1%"),
+          cell(results, one, "codebook/usage", PERCENT),
           planned_cell(runs, results, one, "codebook/perplexity", ".4g"),
           planned_cell(runs, results, one, "psnr", ".2f"),
           planned_cell(runs, results, one, "rfid", ".2f"),

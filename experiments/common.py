@@ -28,6 +28,7 @@ SCALES = ("cpu", "paper")
 NOT_EXPERIMENTS = ("common", "convergence")  # the helper modules of this package
 METRICS = ("rfid", "fid", "compression", "color_fid")  # what scripts/evaluate.py computes
 MISSING = "\u2013"  # an en dash: the cell of a run that has no results.json yet
+PERCENT = "percent"  # the spec of a cell that shows a fraction with ``percent``
 
 # The CPU-scale budget, the one place to tune it: training steps of each stage, and the images (stage I)
 # or samples (stage II) that FID and compression are measured on.
@@ -169,13 +170,21 @@ def value(results: Results, run: str, key: str) -> float | None:
   return results.get(run, {}).get(key)
 
 
+def percent(x: float) -> str:
+  """A fraction as a percentage: one decimal from 1% up, else two significant digits, so that a small
+  codebook usage keeps its value (0.00052 -> '0.052%', not '0.1%')."""
+  return f"{x:.1%}" if abs(x) >= 0.01 else f"{100 * x:.2g}%"
+
+
 def cell(results: Results, run: str, key: str, spec: str = ".3g") -> str:
   """A table cell: MISSING when ``run`` has no results yet, '' when its results lack ``key``, else the
-  value formatted with ``spec`` (e.g. '.2f'; '.1%' for fractions as percentages)."""
+  value formatted with ``spec`` (e.g. '.2f'), or with ``percent`` when ``spec`` is PERCENT."""
   if run not in results:
     return MISSING
   x = results[run].get(key)
-  return "" if x is None else format(x, spec)
+  if x is None:
+    return ""
+  return percent(x) if spec == PERCENT else format(x, spec)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from experiments import common
 from experiments.common import (
+  PERCENT,
   Results,
   Run,
   cell,
@@ -75,7 +76,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
         str(size),
         f"{math.log2(size):.2f}",
         str(min(levels)),
-        cell(results, one, "codebook/usage", ".1%"),
+        cell(results, one, "codebook/usage", PERCENT),
         cell(results, one, "codebook/perplexity", ".4g"),
         cell(results, one, "psnr", ".2f"),
         cell(results, one, "rfid", ".2f"),

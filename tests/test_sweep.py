@@ -255,6 +255,15 @@ def test_tables_put_our_numbers_beside_the_paper_and_mark_missing_runs():
   assert fsq_10[3] == MISSING and fsq_10[7:] == [""] * 5  # no stage II at 2^10 at CPU scale
 
 
+def test_percent_keeps_small_fractions():
+  cases = {1.0: "100.0%", 0.9634: "96.3%", 0.01: "1.0%", 0.0052449: "0.52%", 0.000524: "0.052%", 0.0: "0%"}
+  assert {x: common.percent(x) for x in cases} == cases
+  plain_vq_16 = codebook_size.table(
+    codebook_size.runs("cpu"), {"vq_plain_16_stage1": {"codebook/usage": 34 / 65536}}
+  )
+  assert table_rows(plain_vq_16)["VQ, no entropy loss"][2] == "0.052%"
+
+
 def test_tail_change_compares_the_medians_of_the_last_two_fifths():
   steps = np.arange(50, 1001, 50, dtype=np.float64)  # 20 logs; the last fifth holds 850..1000
   values = np.full(20, 10.0)

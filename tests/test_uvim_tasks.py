@@ -32,6 +32,7 @@ from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
 from tests.helpers import patched
 from tests.test_evals import _fid_scipy
+from tests.test_train import read_metrics
 
 TINY = {
   "batch_size": 8,
@@ -178,9 +179,8 @@ def test_every_uvim_config_validates_and_bad_patches_are_named():
 
 
 def _final_metrics(workdir):
-  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [m["step"] for m in lines if m["split"] == "train"] == [1, 2]
-  assert all(np.isfinite(m["loss"]) for m in lines if m["split"] == "train")
+  train = read_metrics(workdir)
+  assert [m["step"] for m in train] == [1, 2] and all(np.isfinite(m["loss"]) for m in train)
   return json.loads((workdir / "final_metrics.json").read_text())
 
 
