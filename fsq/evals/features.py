@@ -21,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from fsq import weights
 from fsq.evals import inception
+from fsq.files import write_atomically
 from fsq.train import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,5 @@ def reference_features(
         return data["features"]
   feats = extractor.extract(batches, num_images, f"{data_config.name}/{split}")
   if jax.process_index() == 0:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, features=feats, key=np.asarray(key))
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: np.savez(tmp, features=feats, key=np.asarray(key)))
   return feats

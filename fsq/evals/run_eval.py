@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 
 from fsq.evals import sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features
+from fsq.files import write_text_atomically
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
@@ -256,7 +256,5 @@ def _applies(metric: str, config: ml_collections.ConfigDict) -> bool:
 def _write_results(workdir: Path, results: dict[str, float]) -> None:
   """workdir/results.json, written atomically by process 0."""
   if jax.process_index() == 0:
-    tmp = workdir / f"results.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(workdir / "results.json")
+    write_text_atomically(workdir / "results.json", json.dumps(results, indent=2))
   log.info("results for %s: %s", workdir, results)

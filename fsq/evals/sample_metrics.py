@@ -13,9 +13,12 @@ Every function validates its inputs and raises ValueError naming the offending a
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+
+from fsq.files import write_atomically
 
 
 def _as_features(name: str, x, dim: int | None = None) -> np.ndarray:
@@ -103,11 +106,9 @@ class FeatureStats:
     arrays = {"count": np.int64(self.count), "mean": self.mean, "cov": self.covariance}
     if key is not None:
       arrays["key"] = np.str_(key)
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
+    npz = io.BytesIO()  # a file object: np.savez keeps the exact name
+    np.savez(npz, **arrays)
+    write_atomically(path, lambda tmp: tmp.write_bytes(npz.getvalue()))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> tuple[FeatureStats, str | None]:

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from fsq.files import write_text_atomically
 from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
@@ -110,7 +111,7 @@ def train_and_evaluate(
   writer = MetricWriter(workdir)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    write_text_atomically(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   init_rng = jax.random.key(config.seed)
   step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -220,6 +221,6 @@ def train_and_evaluate(
   final = log_eval(step)
   shutdown()
   if jax.process_index() == 0:
-    (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    write_text_atomically(workdir / "final_metrics.json", json.dumps(final, indent=2))
   log.info("done in %.1fs; workdir %s", time.perf_counter() - t_start, workdir)
   return final
