@@ -176,15 +176,18 @@ def percent(x: float) -> str:
   return f"{x:.1%}" if abs(x) >= 0.01 else f"{100 * x:.2g}%"
 
 
+def formatted(x: float, spec: str) -> str:
+  """``x`` formatted with ``spec`` (e.g. '.2f'), or with ``percent`` when ``spec`` is PERCENT."""
+  return percent(x) if spec == PERCENT else format(x, spec)
+
+
 def cell(results: Results, run: str, key: str, spec: str = ".3g") -> str:
   """A table cell: MISSING when ``run`` has no results yet, '' when its results lack ``key``, else the
-  value formatted with ``spec`` (e.g. '.2f'), or with ``percent`` when ``spec`` is PERCENT."""
+  value ``formatted`` with ``spec``."""
   if run not in results:
     return MISSING
   x = results[run].get(key)
-  if x is None:
-    return ""
-  return percent(x) if spec == PERCENT else format(x, spec)
+  return "" if x is None else formatted(x, spec)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -22,7 +22,18 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.common import Results, Run, check_scale, markdown_table, pyplot, save_figure, value
+from experiments.common import (
+  MISSING,
+  PERCENT,
+  Results,
+  Run,
+  check_scale,
+  formatted,
+  markdown_table,
+  pyplot,
+  save_figure,
+  value,
+)
 
 CPU_COLOR_FID_IMAGES = 500  # the whole test split of synthetic_scenes/64
 PAPER_COLOR_FID_IMAGES = 5000  # FID-5k
@@ -101,7 +112,7 @@ def _stage_one_metric(task: Task) -> str:
 
 def _cell(results: Results, run: str, key: str, spec: str) -> str:
   x = value(results, run, key)
-  return "\u2013" if x is None else format(x, spec)
+  return MISSING if x is None else formatted(x, spec)
 
 
 HEADER = [
@@ -132,9 +143,9 @@ def table(runs: Sequence[Run], results: Results) -> str:
         context,
         f"{task.metric_label if task.key != 'colorization' else 'PSNR (dB)'}: "
         + _cell(results, one, _stage_one_metric(task), stage_one_spec),
-        _cell(results, one, "codebook/usage", ".1%"),
+        _cell(results, one, "codebook/usage", PERCENT),
         f"{task.metric_label}: " + _cell(results, two, task.metric, task.spec),
-        _cell(results, two, "codebook/usage", ".1%"),
+        _cell(results, two, "codebook/usage", PERCENT),
         "" if paper_metric is None else format(paper_metric, task.spec),
         "" if paper_usage is None else format(paper_usage, ".2%"),
       ]
