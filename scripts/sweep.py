@@ -172,9 +172,12 @@ class Sweep:
     return [train, evaluate_command(run, self.directory)]
 
   def execute(self, run: Run) -> Outcome:
-    """Trains ``run`` unless final_metrics.json exists, then evaluates it (not on TPU)."""
+    """Trains ``run`` unless final_metrics.json exists, then evaluates it (not on TPU). A training that
+    exits 0 without final_metrics.json (stopped by SIGTERM or a preemption, having saved a checkpoint)
+    fails the run, so that no stage II starts on a half-trained stage I."""
     workdir = self.directory / run.name
     local = self.tpu is None
+    dry_run = not local and self.tpu[2]
     if local:
       workdir.mkdir(parents=True, exist_ok=True)
     train_log, eval_log = (workdir / "train.log", workdir / "evaluate.log") if local else (None, None)
@@ -184,8 +187,8 @@ class Sweep:
       outcome = self._step(run, "train", self.commands(run)[0], train_log)
       if not outcome.ok:
         return outcome
-      if local and not (workdir / "final_metrics.json").exists():
-        message = "train stopped before its last step (SIGTERM?): run the sweep again to resume"
+      if not dry_run and not (workdir / "final_metrics.json").exists():
+        message = "train stopped before its last step (SIGTERM or preemption?): run the sweep again to resume"
         self.log(f"{run.name}: {message}")
         return Outcome(run.name, False, message, train_log)
     if not local:

@@ -172,6 +172,26 @@ def test_tpu_dry_run_prints_one_gcloud_command_per_training_and_the_evaluations(
     sweep.main(["maskgit_imagenet256", "--root=relative", "--tpu=pod", "--zone=us-z1"])
 
 
+def test_tpu_run_that_exits_without_finishing_stops_the_sweep_before_stage_two(tmp_path, monkeypatch, capsys):
+  """launch_tpu.sh exits 0 when training saved a checkpoint on SIGTERM: without final_metrics.json the
+  tokenizer is unfinished, and the transformer that depends on it must not start."""
+  launched = []
+
+  def launch(command, log_path):
+    launched.append(command)
+    return 0
+
+  monkeypatch.setattr(sweep.Processes, "run", lambda self, command, log_path: launch(command, log_path))
+  argv = ["tiny", f"--root={tmp_path}", "--tpu=pod", "--zone=us-z1"]
+  assert sweep.main(argv) == 1
+  assert len(launched) == 1 and "stage=tokenizer" in " ".join(launched[0])
+  assert "tokenizer: train stopped before its last step" in capsys.readouterr().out
+  (tmp_path / "tiny" / "cpu" / "tokenizer").mkdir(parents=True)  # as the pod's training would
+  (tmp_path / "tiny" / "cpu" / "tokenizer" / "final_metrics.json").write_text("{}")
+  assert sweep.main(argv) == 1  # now the tokenizer counts as trained; the transformer is launched
+  assert len(launched) == 2 and "stage=transformer" in " ".join(launched[1])
+
+
 def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
   argv = ["levels_sweep", f"--root={tmp_path}", "--levels", "8-8-8", "5-5-5-5-5", "--print"]
   assert sweep.main([*argv, "--only", "*_stage2"]) == 0
