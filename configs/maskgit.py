@@ -111,5 +111,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampling = ml_collections.ConfigDict(
     dict(num_steps=12, choice_temperature=4.5, guidance_scale=GUIDANCE[kind], samples_per_class=8)
   )
-  c.tokenizer_workdir = ""  # stage II: the stage I workdir whose newest checkpoint is the frozen tokenizer
+  c.tokenizer_workdir = ""  # stage II: the stage I workdir whose checkpoint is the frozen tokenizer
+  c.tokenizer_step = 0  # its step; 0: the newest, pinned when stage II starts (recorded in config.json)
   return c

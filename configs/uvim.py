@@ -79,7 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = autoencoder_config()
   c.task = "uvim_oracle" if stage == "oracle" else "uvim_lm"
-  c.tokenizer_workdir = ""  # stage II: the stage I workdir whose newest checkpoint is frozen
+  c.tokenizer_workdir = ""  # stage II: the stage I workdir whose checkpoint is frozen
+  c.tokenizer_step = 0  # its step; 0: the newest, pinned when stage II starts (recorded in config.json)
 
   c.uvim = ml_collections.ConfigDict()
   c.uvim.task = task

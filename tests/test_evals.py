@@ -12,6 +12,8 @@ from fsq import weights
 from fsq.evals import inception
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
 from fsq.evals.run_eval import evaluate, load_run, sample_batches
+from fsq.tasks import pin_stage_one, restore_stage_one
+from fsq.train.checkpoint import restore_on_one_device, saved_steps
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
 from tests.helpers import patched
@@ -146,3 +148,26 @@ def test_evaluate_stage_two_sampling_fid_and_compression(tfds_data_dir, tmp_path
   assert bits - 0.01 <= coded <= bits + 64 / (8 * 256), (bits, coded)
   labels = np.concatenate([b["label"] for b in sample_batches(load_run(tmp_path / "maskgit"), 20, 10)])
   np.testing.assert_array_equal(labels, np.arange(20) % 10)
+
+
+def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(tfds_data_dir, tmp_path):
+  """Stage II pins stage I's newest step when it starts (config.json); resuming it and evaluating it
+  restore that step even after stage I has saved newer ones. A missing step is named."""
+  tokenizer = _maskgit_config(tfds_data_dir, "tokenizer")
+  train_and_evaluate(tokenizer, tmp_path / "tok")
+  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
+  train_and_evaluate(config, tmp_path / "maskgit")
+  assert json.loads((tmp_path / "maskgit" / "config.json").read_text())["tokenizer_step"] == 2
+  train_and_evaluate(patched(tokenizer, {"num_train_steps": 4}), tmp_path / "tok")  # stage I trains on
+  assert saved_steps(tmp_path / "tok" / "checkpoints") == [2, 4]
+  resumed = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
+  pin_stage_one(resumed, tmp_path / "maskgit")
+  assert resumed.tokenizer_step == 2
+  kept = load_run(tmp_path / "maskgit").task.tokenizer_variables["params"]
+  for step, same in ((2, True), (4, False)):
+    ema = restore_on_one_device(tmp_path / "tok" / "checkpoints" / str(step))["ema_params"]
+    close = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=0, atol=0), kept, ema)
+    assert all(jax.tree.leaves(close)) is same, step
+  resumed.tokenizer_step = 3
+  with pytest.raises(ValueError, match=r"config.tokenizer_step = 3: no checkpoint of step 3 .* \[2, 4\]"):
+    restore_stage_one(resumed)

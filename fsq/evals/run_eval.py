@@ -2,7 +2,8 @@
 precision/recall (stage II), results gathered into ``results.json``.
 
 A run is rebuilt from ``WORKDIR/config.json`` (stage II finds its tokenizer through
-``tokenizer_workdir``, as in training) and its newest checkpoint. Reference images are the first
+``tokenizer_workdir`` and the ``tokenizer_step`` pinned when it started, as in training) and its newest
+checkpoint. Reference images are the first
 ``num_images`` examples of the evaluation split; their features are cached (``fsq.evals.features``).
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import ml_collections
@@ -18,7 +19,7 @@ from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
 from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
 from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
-from fsq.train.checkpoint import restore_latest_on_one_device
+from fsq.train.checkpoint import restore_step_on_one_device, saved_steps
 from fsq.train.state import make_optimizer
 
 TASKS = ("autoencoder", "tokenizer", "transformer", "uvim_oracle", "uvim_lm")
@@ -56,11 +57,32 @@ def build_quantizer(config: ml_collections.ConfigDict):
 
 
 def restore_stage_one(config: ml_collections.ConfigDict) -> dict:
-  """The newest checkpoint's state (a dict) of the frozen stage I run in ``config.tokenizer_workdir``."""
+  """The state (a dict) of the frozen stage I run in ``config.tokenizer_workdir``: its checkpoint of step
+  ``config.tokenizer_step``, or its newest when that is 0 (or absent, in configs written before it)."""
   if not config.tokenizer_workdir:
     raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
-  _, state = restore_latest_on_one_device(Path(config.tokenizer_workdir) / "checkpoints")
-  return state
+  step = config.get("tokenizer_step", 0)
+  try:
+    return restore_step_on_one_device(Path(config.tokenizer_workdir) / "checkpoints", step)
+  except ValueError as e:
+    raise ValueError(f"config.tokenizer_step = {step}: {e}") from None
+
+
+def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
+  """Sets ``config.tokenizer_step`` of a stage II run, when 0, to the stage I checkpoint it trains on: the
+  one ``workdir/config.json`` recorded when the run started (a resumed run keeps its tokenizer), else stage
+  I's newest. The loop writes it to config.json, from which evaluation restores the same tokenizer even
+  after stage I has trained on."""
+  if not config.get("tokenizer_workdir") or config.tokenizer_step:
+    return
+  recorded = Path(workdir) / "config.json"
+  step = json.loads(recorded.read_text()).get("tokenizer_step", 0) if recorded.exists() else 0
+  if not step:
+    steps = saved_steps(Path(config.tokenizer_workdir) / "checkpoints")
+    if not steps:
+      raise ValueError(f"config.tokenizer_workdir = {config.tokenizer_workdir!r} has no checkpoint")
+    step = steps[-1]
+  config.tokenizer_step = step
 
 
 def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:

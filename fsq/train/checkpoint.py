@@ -79,12 +79,19 @@ def restore_on_one_device(step_dir: str | Path) -> dict:
   return checkpointer.restore(path, target)
 
 
-def restore_latest_on_one_device(directory: str | Path) -> tuple[int, dict]:
-  """(step, ``restore_on_one_device`` of it) for the newest checkpoint in directory."""
+def saved_steps(directory: str | Path) -> list[int]:
+  """The steps of the finished checkpoints in ``directory``, ascending (read only: nothing is created)."""
   manager = ocp.CheckpointManager(
     Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
   )
-  step = manager.latest_step()
-  if step is None:
+  return sorted(manager.all_steps())
+
+
+def restore_step_on_one_device(directory: str | Path, step: int) -> dict:
+  """``restore_on_one_device`` of checkpoint ``step`` in ``directory`` (0: the newest one)."""
+  steps = saved_steps(directory)
+  if not steps:
     raise ValueError(f"no checkpoint in {directory}")
-  return step, restore_on_one_device(Path(directory) / str(step))
+  if step and step not in steps:
+    raise ValueError(f"no checkpoint of step {step} in {directory}; it has steps {steps}")
+  return restore_on_one_device(Path(directory) / str(step or steps[-1]))

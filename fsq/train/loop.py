@@ -99,9 +99,10 @@ def train_and_evaluate(
   Resumes from the newest checkpoint in ``workdir/checkpoints`` when there is one. Writes
   ``config.json``, ``metrics.jsonl``, TensorBoard events and image grids into workdir.
   """
-  from fsq.tasks import build_task
+  from fsq.tasks import build_task, pin_stage_one
 
   workdir = Path(workdir)
+  pin_stage_one(config, workdir)
   task = task if task is not None else build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
   log.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))

@@ -116,3 +116,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     )
   if o.schedule not in ("cosine", "constant"):
     raise ValueError(f"config.optimizer.schedule must be 'cosine' or 'constant', got {o.schedule!r}")
+  step = config.get("tokenizer_step", 0)
+  if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+    raise ValueError(f"config.tokenizer_step must be 0 (the newest) or a checkpoint step, got {step!r}")
