@@ -67,6 +67,14 @@ def test_extract_keeps_valid_rows_in_order_and_caches_references(extractor, tmp_
     reference_features(extractor, config, exhausted(), "test", 6, tmp_path), first
   )
   assert len(list(tmp_path.glob("*.npz"))) == 1
+  # Another order of the split (sharded evaluation) or other weights are other references: computed anew.
+  reversed_batches = [{"image": b["image"][::-1], "mask": b["mask"][::-1]} for b in batches]
+  other = reference_features(extractor, config, iter(reversed_batches), "test", 6, tmp_path, order="2 shards")
+  np.testing.assert_allclose(other[0], feats[5], rtol=1e-5, atol=1e-6)  # image 7: the 6th valid row
+  retrained = FeatureExtractor(extractor.mesh, jax.tree.map(lambda w: w * 1.0, extractor.params))
+  assert retrained.weights_digest != extractor.weights_digest == weights.KNOWN["inception_fid"][1]
+  assert reference_features(retrained, config, iter(batches), "test", 6, tmp_path).shape == (6, 2048)
+  assert len(list(tmp_path.glob("*.npz"))) == 3
 
 
 def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:

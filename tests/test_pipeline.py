@@ -319,10 +319,15 @@ def test_eval_batches_pad_the_shards_that_run_out_keeping_every_dense_field():
   source = pipeline.ImageSource(examples, (4, 4, 1), ("depth",))
   config = get_config().data
   config.image_size, config.num_shards = 4, 4
-  batches = list(InputPipeline(config, 8, 0, sources=(source, source)).eval_batches())
+  sharded = InputPipeline(config, 8, 0, sources=(source, source))
+  batches = list(sharded.eval_batches())
   # 10 records over 4 contiguous shards of 2 rows per batch: records [0, 2), [2, 5), [5, 7), [7, 10), so
   # two batches, the second holding the last record of shards 1 and 3 and padding elsewhere.
   assert [b["mask"].tolist() for b in batches] == [[1] * 8, [0, 0, 1, 0, 0, 0, 1, 0]]
   valid = np.concatenate([b["depth"][b["mask"] == 1] for b in batches])
   assert sorted(map(bytes, valid.astype(np.uint8))) == sorted(map(bytes, images))
   np.testing.assert_array_equal(batches[1]["depth"][batches[1]["mask"] == 0], 0)
+  # The first rows are not the split's first records, so cached references tell the orders apart.
+  assert sharded.eval_order == "4 contiguous shards interleaved 2 rows at a time"
+  config.num_shards = 1
+  assert InputPipeline(config, 8, 0, sources=(source, source)).eval_order is None

@@ -46,10 +46,20 @@ class FeatureExtractor:
   Args:
     mesh: the device mesh (``fsq.train.mesh.make_mesh``).
     params: Inception parameters (default: the verified pretrained weights).
+
+  ``weights_digest`` names the parameters in cache keys: the pretrained file's recorded sha256, or the
+  sha256 of the given parameters' bytes.
   """
 
   def __init__(self, mesh: jax.sharding.Mesh, params: dict | None = None):
     self.mesh = mesh
+    if params is None:
+      self.weights_digest = weights.KNOWN["inception_fid"][1]
+    else:
+      digest = hashlib.sha256()
+      for leaf in jax.tree.leaves(params):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+      self.weights_digest = digest.hexdigest()
     replicated = mesh_lib.replicated(mesh)
     self.params = jax.device_put(inception.inception_params() if params is None else params, replicated)
     self._features = jax.jit(
@@ -88,12 +98,28 @@ class FeatureExtractor:
     raise ValueError(f"num_images = {num_images} but the {what} ran out after {done}")
 
 
-def reference_key(data_config, split: str, num_images: int) -> str:
-  """What a cached reference set depends on: dataset, split, size, channels, resize mode, the first
-  ``num_images`` examples, and the Inception weights' content digest."""
-  digest = weights.KNOWN["inception_fid"][1]
+def reference_key(data_config, split: str, num_images: int, weights_digest: str, order: str | None) -> str:
+  """What a cached reference set depends on: dataset, split, size, channels, resize mode, which
+  ``num_images`` examples come first (``order``: None for the split's own order, as
+  ``InputPipeline.eval_order`` says), and the Inception weights' digest."""
   c = data_config
-  return f"{c.name}|{split}|{c.image_size}|{c.channels}|{c.resize_mode}|{num_images}|inception_fid:{digest}"
+  key = f"{c.name}|{split}|{c.image_size}|{c.channels}|{c.resize_mode}|{num_images}"
+  key = f"{key}|inception_fid:{weights_digest}"
+  return key if order is None else f"{key}|{order}"
+
+
+def _cached(path: Path, key: str) -> np.ndarray | None:
+  """The features cached in ``path`` under ``key``, if this process has them and every process does
+  (a cache on a disk that only some hosts see must not split them between reading and extracting)."""
+  feats = None
+  if path.exists():
+    with np.load(path, allow_pickle=False) as data:
+      if str(data["key"]) == key:
+        feats = data["features"]
+  if jax.process_count() > 1:
+    everywhere = multihost_utils.process_allgather(np.int32(feats is not None))
+    feats = feats if np.all(everywhere) else None
+  return feats
 
 
 def reference_features(
@@ -103,17 +129,18 @@ def reference_features(
   split: str,
   num_images: int,
   cache_dir: Path | None = None,
+  order: str | None = None,
 ) -> np.ndarray:
-  """(num_images, 2048) features of the first ``num_images`` examples of ``split`` (from ``batches``),
-  computed once and cached as ``.npz`` under ``cache_dir`` keyed by ``reference_key``."""
-  key = reference_key(data_config, split, num_images)
+  """(num_images, 2048) features of the first ``num_images`` examples of ``split`` (from ``batches``, which
+  enumerate it in ``order``: None for the split's own order), computed once and cached as ``.npz`` under
+  ``cache_dir`` keyed by ``reference_key``."""
+  key = reference_key(data_config, split, num_images, extractor.weights_digest, order)
   cache_dir = CACHE_DIR if cache_dir is None else Path(cache_dir)
   path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-  if path.exists():
-    with np.load(path, allow_pickle=False) as data:
-      if str(data["key"]) == key:
-        log.info("reference features from %s (%s)", path, key)
-        return data["features"]
+  cached = _cached(path, key)
+  if cached is not None:
+    log.info("reference features from %s (%s)", path, key)
+    return cached
   feats = extractor.extract(batches, num_images, f"{data_config.name}/{split}")
   if jax.process_index() == 0:
     write_atomically(path, lambda tmp: np.savez(tmp, features=feats, key=np.asarray(key)))

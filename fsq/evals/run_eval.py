@@ -71,8 +71,10 @@ def load_run(workdir: str | Path) -> LoadedRun:
 def _reference(
   run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None
 ) -> np.ndarray:
+  pipeline = run.pipeline
+  split = run.config.data.eval_split
   return reference_features(
-    extractor, run.config.data, run.pipeline.eval_batches(), run.config.data.eval_split, num_images, cache_dir
+    extractor, run.config.data, pipeline.eval_batches(), split, num_images, cache_dir, pipeline.eval_order
   )
 
 

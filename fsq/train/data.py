@@ -141,6 +141,14 @@ class InputPipeline:
     total = math.ceil(per_shard / self.shard_batch)
     return total if limit == -1 else min(limit, total)
 
+  @property
+  def eval_order(self) -> str | None:
+    """How ``eval_batches`` orders the evaluation split: None for its own order (one shard), else a
+    description of the interleaving (each batch takes ``shard_batch`` rows of each contiguous shard)."""
+    if self.num_shards == 1:
+      return None
+    return f"{self.num_shards} contiguous shards interleaved {self.shard_batch} rows at a time"
+
   def eval_batches(self, limit: int = -1) -> Iterator[dict[str, np.ndarray]]:
     """The evaluation split once, every batch full-size with ``mask`` 1 for real rows, 0 for padding.
 
