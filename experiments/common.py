@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from fsq.files import write_atomically
+
 SCALES = ("cpu", "paper")
 NOT_EXPERIMENTS = ("common", "convergence")  # the helper modules of this package
 METRICS = ("rfid", "fid", "compression", "color_fid")  # what scripts/evaluate.py computes
@@ -219,8 +221,8 @@ PANELS = {
 
 
 def save_figure(fig, path: Path) -> Path:
-  """Writes a matplotlib figure to ``path`` (PNG) and closes it."""
-  fig.savefig(path, dpi=120)
+  """Writes a matplotlib figure to ``path`` (PNG; atomically, its folder created) and closes it."""
+  write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=120))
   pyplot().close(fig)
   return path
 

@@ -92,21 +92,22 @@ PANELS = tuple(common.PANELS[k] for k in ("rfid", "usage", "compression", "fid")
 
 
 def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
-  """Each panel's metric for every level set (x axis, sorted by codebook size), coloured by the smallest
-  level as in Fig. 10: levels_sweep.png."""
+  """Each panel's metric for every level set against log2 codebook size, coloured by the smallest level
+  and labelled with the levels, as in Fig. 10: levels_sweep.png."""
   plt = pyplot()
-  sets = sorted(level_sets(runs), key=lambda levels: (math.prod(levels), min(levels)))
+  sets = level_sets(runs)
   norm = plt.Normalize(min(map(min, sets)), max(map(min, sets)))
-  fig, axes = plt.subplots(
-    1, len(PANELS), figsize=(max(3, 0.6 * len(sets)) * len(PANELS), 3.8), constrained_layout=True
-  )
+  fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.8), constrained_layout=True)
   for ax, (title, stage, key, factor) in zip(axes, PANELS, strict=True):
-    for x, levels in enumerate(sets):
+    for levels in sets:
       y = value(results, f"fsq_{levels_text(levels)}_{stage}", key)
       if y is not None:
+        x = math.log2(math.prod(levels))
         ax.scatter([x], [factor * y], c=[min(levels)], cmap="viridis", norm=norm)
-    ax.set_xticks(range(len(sets)), [f"{levels_text(v)} ({math.prod(v)})" for v in sets], rotation=60)
-    ax.set(title=title, xlabel="levels (codes)")
+        ax.annotate(
+          levels_text(levels), (x, factor * y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
+    ax.set(title=title, xlabel="log2 codebook size")
     ax.grid(alpha=0.3)
   fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=axes, label="smallest level")
   return [save_figure(fig, Path(out_dir) / "levels_sweep.png")]
