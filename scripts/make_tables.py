@@ -65,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   out.mkdir(parents=True, exist_ok=True)
 
   table = module.table(runs, results)
+  run_dir = experiment_dir(args.root, args.experiment, args.scale)
+  if callable(getattr(module, "log_table", None)):  # a table from the runs' logs (metrics.jsonl)
+    table = "\n\n".join(filter(None, [table, module.log_table(runs, run_dir)]))
   missing = [run.name for run in runs if run.name not in results]
   figures = module.figures(runs, results, out)
-  run_dir = experiment_dir(args.root, args.experiment, args.scale)
   if callable(getattr(module, "images", None)):  # pictures from the runs' workdirs (samples, predictions)
     figures += module.images(runs, run_dir, out)
   figures += curves_figure(runs, run_dir, out)

@@ -14,7 +14,7 @@ import pytest
 
 from configs.maskgit import get_config
 from configs.uvim import get_config as get_uvim_config
-from experiments import codebook_size, common, convergence, levels_sweep, maskgit_imagenet256, uvim
+from experiments import codebook_size, common, convergence, levels_sweep, maskgit_imagenet256, settling, uvim
 from experiments.common import MISSING, Run
 from fsq.train.validate import validate_config
 from scripts import make_tables, sweep
@@ -415,3 +415,43 @@ def test_uvim_images_collect_the_last_stage_two_predictions(tmp_path):
   assert path == tmp_path / "uvim_predictions.png"
   pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
   assert np.sum(np.all(pixels == 200, axis=1)) > 100  # the step-2000 picture (grey 200) is the one shown
+
+
+def test_settling_repeats_study_runs_longer_and_finds_when_validation_settles(tmp_path):
+  study = {r.name: r for r in codebook_size.runs("cpu")}
+  for run in settling.runs("cpu"):  # the study's stage I recipe, only longer and validated more often
+    assert run.config == study[run.name].config and run.depends_on is None
+    rest = [o for o in run.overrides if not o.startswith(("num_train_steps=", "eval_every_steps="))]
+    assert rest == [o for o in study[run.name].overrides if not o.startswith("num_train_steps=")]
+    assert "num_train_steps=4000" in run.overrides and "eval_every_steps=250" in run.overrides
+  with pytest.raises(ValueError, match="no 'paper' scale"):
+    settling.runs("paper")
+
+  steps = np.arange(250.0, 2001.0, 250.0)
+  climbing = np.array([10.0, 12.0, 14.0, 14.9, 15.1, 15.0, 14.95, 15.0])
+  assert settling.settled_at(steps, climbing, 0.25) == 1000.0  # 14.0 is 1 dB off; 14.9 on are within
+  spiked = climbing.copy()
+  spiked[-2] = 13.0
+  assert settling.settled_at(steps, spiked, 0.25) == 2000.0  # only the last is within itself
+  assert settling.settled_at(steps, np.full(8, 3.0), 0.0) == 250.0
+
+  runs = settling.runs("cpu")
+  run_dir = tmp_path / "runs" / "settling" / "cpu"
+  (run_dir / "fsq_8_stage1").mkdir(parents=True)
+  records = [{"step": 10, "split": "train", "mse": 0.1}]
+  records += [
+    {"step": int(s), "split": "eval", "psnr": 20.0 + min(s, 2000) / 1000, "codebook/usage": 0.5 + s / 8000}
+    for s in np.arange(250, 4001, 250)
+  ]
+  (run_dir / "fsq_8_stage1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  assert settling.log_table(runs, tmp_path / "nothing") is None
+  rows = table_rows(settling.log_table(runs, run_dir))
+  # PSNR 21, 22, 22, 22 dB at the report steps; 21.75 at 1750 is within 0.25 dB of the last 22, 21.5 at
+  # 1500 is not. Usage grows 12.5 points per 1000 steps: only the last validation is within one point.
+  assert rows == {
+    "fsq_8_stage1": ["21.00", "22.00", "22.00", "22.00", "1750", "62.5%", "75.0%", "87.5%", "100.0%", "4000"]
+  }
+  assert [p.name for p in settling.images(runs, run_dir, tmp_path / "out")] == ["settling.png"]
+  assert make_tables.main(["settling", f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 't'}"]) == 0
+  document = (tmp_path / "t" / "table.md").read_text()
+  assert "## Validation during training" in document and "![settling](settling.png)" in document
