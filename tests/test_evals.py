@@ -9,11 +9,12 @@ import scipy.linalg
 
 from configs.maskgit import get_config as get_maskgit_config
 from fsq import weights
-from fsq.evals import inception
+from fsq.evals import inception, run_eval, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
-from fsq.evals.run_eval import evaluate, load_run, sample_batches
+from fsq.evals.run_eval import evaluate, load_run, real_floor, sample_batches
 from fsq.tasks import pin_stage_one, restore_stage_one
 from fsq.train.checkpoint import restore_on_one_device, saved_steps
+from fsq.train.data import InputPipeline
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
 from tests.helpers import patched
@@ -179,3 +180,31 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(tf
   resumed.tokenizer_step = 3
   with pytest.raises(ValueError, match=r"config.tokenizer_step = 3: no checkpoint of step 3 .* \[2, 4\]"):
     restore_stage_one(resumed)
+
+
+@needs_inception
+def test_real_floor_scores_the_first_images_against_the_next(extractor, tfds_data_dir, tmp_path):
+  config = _maskgit_config(tfds_data_dir, "tokenizer")
+  floor = real_floor(config, 4, cache_dir=tmp_path, extractor=extractor)
+  # Reference: the first 8 test images in the split's order, through the network directly, one at a time.
+  batch = next(InputPipeline(config.data, 8, 0).eval_batches())
+  images = batch["image"][batch["mask"] == 1][:8]
+  direct = np.stack(
+    [inception.features(extractor.params, to_inception_input(x[None]))["pool"][0] for x in images]
+  ).astype(np.float64)
+  assert floor["fid"] == pytest.approx(run_eval._fid(direct[:4], direct[4:]), rel=1e-3)
+  expected = sample_metrics.precision_recall(direct[:4], direct[4:], k=3)
+  assert (floor["precision"], floor["recall"]) == pytest.approx(expected) and floor["num_images"] == 4
+  with pytest.raises(ValueError, match="num_images must be >= 2, got 1"):
+    real_floor(config, 1)
+
+
+def test_fid_floor_script_reads_config_specs():
+  from scripts.fid_floor import load_config
+
+  config = load_config("configs/maskgit.py:stage=tokenizer,run=cpu,quantizer=fsq")
+  assert config.data.eval_split == get_maskgit_config("stage=tokenizer,run=cpu,quantizer=fsq").data.eval_split
+  with pytest.raises(
+    ValueError, match=r"--config must be PATH.py\[:ARG\] of an existing file, got 'nope.py:x'"
+  ):
+    load_config("nope.py:x")

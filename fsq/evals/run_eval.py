@@ -201,6 +201,34 @@ def compression_cost(run: LoadedRun, num_images: int, num_steps: int = 12, seed:
   }
 
 
+def real_floor(
+  config: ml_collections.ConfigDict,
+  num_images: int,
+  cache_dir: Path | None = None,
+  extractor: FeatureExtractor | None = None,
+) -> dict[str, float]:
+  """FID and precision/recall (k = 3) of the first ``num_images`` evaluation images of ``config.data``
+  against the next ``num_images``: what samples indistinguishable from the data would score at this
+  sample size (FID's small-sample bias), to read sampling FIDs measured on ``num_images`` against."""
+  if num_images < 2:
+    raise ValueError(f"num_images must be >= 2, got {num_images}")
+  pipeline = InputPipeline(config.data, config.batch_size, config.seed)
+  if extractor is None:
+    extractor = FeatureExtractor(mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model))
+  split = config.data.eval_split
+  feats = reference_features(
+    extractor, config.data, pipeline.eval_batches(), split, 2 * num_images, cache_dir, pipeline.eval_order
+  )
+  first, second = feats[:num_images], feats[num_images:]
+  precision, recall = sample_metrics.precision_recall(first, second, k=3)
+  return {
+    "fid": _fid(first, second),
+    "precision": precision,
+    "recall": recall,
+    "num_images": float(num_images),
+  }
+
+
 METRICS = ("rfid", "fid", "compression", "color_fid")
 # The training tasks each metric applies to (color_fid: UViM stage II with uvim.task = colorization).
 METRIC_TASKS = {
