@@ -16,8 +16,9 @@ and its outcome is logged to stdout and ROOT/EXPERIMENT/SCALE/sweep.log. To retr
 workdir.
 
 --tpu runs each training on every worker of a TPU pod slice through scripts/launch_tpu.sh (one run at a
-time; ROOT must be an absolute path that every worker sees) and lists the evaluation commands at the end:
-launch_tpu.sh runs scripts.train only, so they run on one host that sees ROOT.
+time; ROOT must be an absolute path that every worker and the machine running the sweep see, as it looks
+for each run's final_metrics.json there) and lists the evaluation commands at the end: launch_tpu.sh runs
+scripts.train only, so they run on one host that sees ROOT.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ from experiments.common import (
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TPU = REPO / "scripts" / "launch_tpu.sh"
+# How long the sweep waits for a pod's final_metrics.json to appear on its own view of a shared file
+# system (NFS or gcsfuse caches may show a new file late) before calling the training unfinished.
+TPU_FILE_WAIT_S = 60.0
 REMOTE_PYTHON = ".venv/bin/python"  # the interpreter of the checkout on a TPU worker (see launch_tpu.sh)
 
 
@@ -187,7 +191,7 @@ class Sweep:
       outcome = self._step(run, "train", self.commands(run)[0], train_log)
       if not outcome.ok:
         return outcome
-      if not dry_run and not (workdir / "final_metrics.json").exists():
+      if not dry_run and not _appears(workdir / "final_metrics.json", 0.0 if local else TPU_FILE_WAIT_S):
         message = "train stopped before its last step (SIGTERM or preemption?): run the sweep again to resume"
         self.log(f"{run.name}: {message}")
         return Outcome(run.name, False, message, train_log)
@@ -210,6 +214,16 @@ class Sweep:
       return Outcome(run.name, False, f"{what} exited with status {code}", log_path)
     self.log(f"{run.name}: {what} done in {minutes:.1f} min")
     return Outcome(run.name, True)
+
+
+def _appears(path: Path, wait_s: float) -> bool:
+  """Whether ``path`` exists, or appears within ``wait_s`` seconds (polled every second)."""
+  deadline = time.monotonic() + wait_s
+  while not path.exists():
+    if time.monotonic() >= deadline:
+      return False
+    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+  return True
 
 
 def schedule(

@@ -182,6 +182,7 @@ def test_tpu_run_that_exits_without_finishing_stops_the_sweep_before_stage_two(t
     return 0
 
   monkeypatch.setattr(sweep.Processes, "run", lambda self, command, log_path: launch(command, log_path))
+  monkeypatch.setattr(sweep, "TPU_FILE_WAIT_S", 0.3)  # the pod's file system may show the file late
   argv = ["tiny", f"--root={tmp_path}", "--tpu=pod", "--zone=us-z1"]
   assert sweep.main(argv) == 1
   assert len(launched) == 1 and "stage=tokenizer" in " ".join(launched[0])
@@ -190,6 +191,14 @@ def test_tpu_run_that_exits_without_finishing_stops_the_sweep_before_stage_two(t
   (tmp_path / "tiny" / "cpu" / "tokenizer" / "final_metrics.json").write_text("{}")
   assert sweep.main(argv) == 1  # now the tokenizer counts as trained; the transformer is launched
   assert len(launched) == 2 and "stage=transformer" in " ".join(launched[1])
+
+
+def test_a_file_that_appears_late_on_a_shared_file_system_counts(tmp_path):
+  late = tmp_path / "final_metrics.json"
+  threading.Timer(0.2, late.touch).start()
+  begin = time.monotonic()
+  assert sweep._appears(late, 10.0) and time.monotonic() - begin < 5
+  assert not sweep._appears(tmp_path / "never", 0.3)
 
 
 def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
