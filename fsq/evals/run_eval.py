@@ -84,6 +84,12 @@ def _fid(real: np.ndarray, fake: np.ndarray) -> float:
   return sample_metrics.frechet_distance(a.mean, a.covariance, b.mean, b.covariance)
 
 
+def _sample_quality(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+  """FID and precision/recall (k = 3) of feature sets real [N, D] and fake [M, D]."""
+  precision, recall = sample_metrics.precision_recall(real, fake, k=3)
+  return {"fid": _fid(real, fake), "precision": precision, "recall": recall}
+
+
 def reconstruction_fid(
   run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None = None
 ) -> dict[str, float]:
@@ -150,11 +156,8 @@ def sampling_fid(
   real = _reference(run, extractor, num_images, cache_dir)
   batches = sample_batches(run, num_images, run.config.batch_size)
   fake = extractor.extract(batches, num_images, "samples")
-  precision, recall = sample_metrics.precision_recall(real, fake, k=3)
   return {
-    "fid": _fid(real, fake),
-    "precision": precision,
-    "recall": recall,
+    **_sample_quality(real, fake),
     "fid/num_images": float(num_images),
     "fid/guidance_scale": float(run.task.guidance_scale),
   }
@@ -219,14 +222,7 @@ def real_floor(
   feats = reference_features(
     extractor, config.data, pipeline.eval_batches(), split, 2 * num_images, cache_dir, pipeline.eval_order
   )
-  first, second = feats[:num_images], feats[num_images:]
-  precision, recall = sample_metrics.precision_recall(first, second, k=3)
-  return {
-    "fid": _fid(first, second),
-    "precision": precision,
-    "recall": recall,
-    "num_images": float(num_images),
-  }
+  return {**_sample_quality(feats[:num_images], feats[num_images:]), "num_images": float(num_images)}
 
 
 METRICS = ("rfid", "fid", "compression", "color_fid")
