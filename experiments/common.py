@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from fsq.files import write_atomically
+from fsq.train.files import write_atomically
 
 SCALES = ("cpu", "paper")
 NOT_EXPERIMENTS = ("common", "convergence")  # the helper modules of this package

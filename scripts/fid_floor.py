@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
   )
   from fsq.evals.run_eval import real_floor
-  from fsq.files import write_text_atomically
+  from fsq.train.files import write_text_atomically
 
   result = real_floor(load_config(args.config), args.num_images)
   text = json.dumps(result, indent=2)

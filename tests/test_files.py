@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fsq.files import write_atomically, write_text_atomically
+from fsq.train.files import write_atomically, write_text_atomically
 
 
 def test_write_replaces_whole_and_creates_the_folder(tmp_path):

@@ -21,10 +21,10 @@ import numpy as np
 
 from fsq.evals import sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features
-from fsq.files import write_text_atomically
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
+from fsq.train.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 

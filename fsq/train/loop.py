@@ -15,11 +15,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fsq.files import write_text_atomically
 from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
+from fsq.train.files import write_text_atomically
 from fsq.train.writers import MetricWriter
 
 log = logging.getLogger(__name__)
