@@ -199,12 +199,12 @@ def test_real_floor_scores_the_first_images_against_the_next(extractor, tfds_dat
     real_floor(config, 1)
 
 
-def test_fid_floor_script_reads_config_specs():
-  from scripts.fid_floor import load_config
-
-  config = load_config("configs/maskgit.py:stage=tokenizer,run=cpu,quantizer=fsq")
-  assert config.data.eval_split == get_maskgit_config("stage=tokenizer,run=cpu,quantizer=fsq").data.eval_split
-  with pytest.raises(
-    ValueError, match=r"--config must be PATH.py\[:ARG\] of an existing file, got 'nope.py:x'"
-  ):
-    load_config("nope.py:x")
+def test_fid_floor_reads_the_dataset_from_a_runs_recorded_config(tmp_path):
+  config = get_maskgit_config("stage=tokenizer,run=cpu,quantizer=fsq")
+  config.data.eval_split = "test[:7]"
+  (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2))  # as the training loop does
+  read = run_eval.read_config(tmp_path)
+  assert read.data.eval_split == "test[:7]" and read.data.name == config.data.name
+  assert list(read.quantizer.levels) == list(config.quantizer.levels)
+  with pytest.raises(FileNotFoundError, match=r"nowhere/config.json is missing: is .*nowhere a training"):
+    run_eval.read_config(tmp_path / "nowhere")

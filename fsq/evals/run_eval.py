@@ -43,14 +43,20 @@ class LoadedRun:
   pipeline: InputPipeline
 
 
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a training run recorded in ``workdir/config.json``."""
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} is missing: is {workdir} a training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
 def load_run(workdir: str | Path) -> LoadedRun:
   """Rebuilds the task of ``workdir/config.json`` and restores its newest checkpoint onto the mesh."""
   from fsq.tasks import build_task
 
   workdir = Path(workdir)
-  if not (workdir / "config.json").exists():
-    raise FileNotFoundError(f"{workdir / 'config.json'} is missing: is {workdir} a training workdir?")
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  config = read_config(workdir)
   task = build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
   pipeline = InputPipeline(config.data, config.batch_size, config.seed)
