@@ -23,12 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments.common import (
-  MISSING,
   PERCENT,
   Results,
   Run,
+  cell,
   check_scale,
-  formatted,
   markdown_table,
   pyplot,
   save_figure,
@@ -110,11 +109,6 @@ def _stage_one_metric(task: Task) -> str:
   return "color/psnr" if task.key == "colorization" else task.metric
 
 
-def _cell(results: Results, run: str, key: str, spec: str) -> str:
-  x = value(results, run, key)
-  return MISSING if x is None else formatted(x, spec)
-
-
 HEADER = [
   "task",
   "quantizer",
@@ -142,10 +136,10 @@ def table(runs: Sequence[Run], results: Results) -> str:
         dict(QUANTIZERS)[quantizer],
         context,
         f"{task.metric_label if task.key != 'colorization' else 'PSNR (dB)'}: "
-        + _cell(results, one, _stage_one_metric(task), stage_one_spec),
-        _cell(results, one, "codebook/usage", PERCENT),
-        f"{task.metric_label}: " + _cell(results, two, task.metric, task.spec),
-        _cell(results, two, "codebook/usage", PERCENT),
+        + cell(results, one, _stage_one_metric(task), stage_one_spec),
+        cell(results, one, "codebook/usage", PERCENT),
+        f"{task.metric_label}: " + cell(results, two, task.metric, task.spec),
+        cell(results, two, "codebook/usage", PERCENT),
         "" if paper_metric is None else format(paper_metric, task.spec),
         "" if paper_usage is None else format(paper_usage, ".2%"),
       ]
