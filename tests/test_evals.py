@@ -182,6 +182,17 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(tf
     restore_stage_one(resumed)
 
 
+def test_stage_two_without_a_stage_one_checkpoint_names_the_workdir(tmp_path):
+  config = get_maskgit_config("stage=transformer,run=cpu,quantizer=fsq")
+  config.tokenizer_workdir = str(tmp_path / "tok")
+  with pytest.raises(
+    ValueError, match=r"config.tokenizer_workdir = '.*tok': no checkpoint in .*tok/checkpoints"
+  ):
+    pin_stage_one(config, tmp_path / "maskgit")
+  with pytest.raises(ValueError, match=r"config.tokenizer_step = 0: no checkpoint in .*tok/checkpoints"):
+    restore_stage_one(config)
+
+
 @needs_inception
 def test_real_floor_scores_the_first_images_against_the_next(extractor, tfds_data_dir, tmp_path):
   config = _maskgit_config(tfds_data_dir, "tokenizer")

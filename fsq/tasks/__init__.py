@@ -19,7 +19,7 @@ from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
 from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
 from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
-from fsq.train.checkpoint import restore_step_on_one_device, saved_steps
+from fsq.train.checkpoint import restore_step_on_one_device, saved_step
 from fsq.train.state import make_optimizer
 
 TASKS = ("autoencoder", "tokenizer", "transformer", "uvim_oracle", "uvim_lm")
@@ -78,10 +78,10 @@ def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
   recorded = Path(workdir) / "config.json"
   step = json.loads(recorded.read_text()).get("tokenizer_step", 0) if recorded.exists() else 0
   if not step:
-    steps = saved_steps(Path(config.tokenizer_workdir) / "checkpoints")
-    if not steps:
-      raise ValueError(f"config.tokenizer_workdir = {config.tokenizer_workdir!r} has no checkpoint")
-    step = steps[-1]
+    try:
+      step = saved_step(Path(config.tokenizer_workdir) / "checkpoints", 0)
+    except ValueError as e:
+      raise ValueError(f"config.tokenizer_workdir = {config.tokenizer_workdir!r}: {e}") from None
   config.tokenizer_step = step
 
 

@@ -87,11 +87,17 @@ def saved_steps(directory: str | Path) -> list[int]:
   return sorted(manager.all_steps())
 
 
-def restore_step_on_one_device(directory: str | Path, step: int) -> dict:
-  """``restore_on_one_device`` of checkpoint ``step`` in ``directory`` (0: the newest one)."""
+def saved_step(directory: str | Path, step: int) -> int:
+  """``step`` when ``directory`` holds its finished checkpoint, its newest step when ``step`` is 0; a
+  ValueError naming the directory otherwise."""
   steps = saved_steps(directory)
   if not steps:
     raise ValueError(f"no checkpoint in {directory}")
   if step and step not in steps:
     raise ValueError(f"no checkpoint of step {step} in {directory}; it has steps {steps}")
-  return restore_on_one_device(Path(directory) / str(step or steps[-1]))
+  return step or steps[-1]
+
+
+def restore_step_on_one_device(directory: str | Path, step: int) -> dict:
+  """``restore_on_one_device`` of checkpoint ``step`` in ``directory`` (0: the newest one)."""
+  return restore_on_one_device(Path(directory) / str(saved_step(directory, step)))
