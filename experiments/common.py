@@ -6,7 +6,9 @@ An experiment is a module of this package that defines
   table(runs, results) -> str                     Markdown in the paper's layout
   figures(runs, results, out_dir) -> list[Path]   PNG files (an empty list if the paper has no figure)
 and optionally
-  images(runs, run_dir, out_dir) -> list[Path]    PNG files made from pictures in the runs' workdirs
+  from_logs(runs, run_dir, out_dir) -> (str | None, list[Path])
+                                                  a Markdown section and PNG files made from what the runs'
+                                                  workdirs hold besides results.json (logs, pictures)
 and, where the paper prints numbers, PAPER. ``results`` maps run name -> the run's results.json (metric ->
 float) and holds only the runs that have one. scripts/sweep.py runs an experiment; scripts/make_tables.py
 renders its table and figures. A run's workdir is ROOT/EXPERIMENT/SCALE/RUN.

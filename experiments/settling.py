@@ -82,6 +82,11 @@ def _validations(run: Run, run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndar
   return {key: (s[1], s[2]) for key, s in found.items() if s is not None}
 
 
+def from_logs(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> tuple[str | None, list[Path]]:
+  """``log_table`` and ``settling_figure``."""
+  return log_table(runs, run_dir), settling_figure(runs, run_dir, out_dir)
+
+
 def log_table(runs: Sequence[Run], run_dir: Path) -> str | None:
   """Markdown: per run, validation PSNR and usage at REPORT_STEPS and the step each settled at. None if
   no run has validations yet."""
@@ -113,11 +118,11 @@ def log_table(runs: Sequence[Run], run_dir: Path) -> str | None:
 
 
 def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
-  """None from results.json: ``images`` draws the validations from the runs' logs."""
+  """None from results.json: ``settling_figure`` draws the validations from the runs' logs."""
   return []
 
 
-def images(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
+def settling_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
   """settling.png: validation PSNR and usage (%) against step, one line per run. [] without validations."""
   lines = [(run.name, _validations(run, run_dir)) for run in runs]
   lines = [(name, found) for name, found in lines if found]

@@ -168,7 +168,12 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
   return [save_figure(fig, Path(out_dir) / "uvim.png")]
 
 
-def images(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
+def from_logs(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> tuple[None, list[Path]]:
+  """No section; ``predictions_figure``."""
+  return None, predictions_figure(runs, run_dir, out_dir)
+
+
+def predictions_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
   """uvim_predictions.png: the last evaluation's stage II predictions (rows of input | target |
   prediction, as the loop writes them) of each task (rows) and quantizer (columns), with context."""
   plt = pyplot()

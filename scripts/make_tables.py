@@ -66,12 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   table = module.table(runs, results)
   run_dir = experiment_dir(args.root, args.experiment, args.scale)
-  if callable(getattr(module, "log_table", None)):  # a table from the runs' logs (metrics.jsonl)
-    table = "\n\n".join(filter(None, [table, module.log_table(runs, run_dir)]))
   missing = [run.name for run in runs if run.name not in results]
   figures = module.figures(runs, results, out)
-  if callable(getattr(module, "images", None)):  # pictures from the runs' workdirs (samples, predictions)
-    figures += module.images(runs, run_dir, out)
+  if callable(getattr(module, "from_logs", None)):  # from the runs' workdirs: logs, predictions
+    section, more = module.from_logs(runs, run_dir, out)
+    table = "\n\n".join(filter(None, [table, section]))
+    figures += more
   figures += curves_figure(runs, run_dir, out)
   write_text_atomically(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
   summary = module.__doc__.strip().splitlines()[0]

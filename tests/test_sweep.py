@@ -415,12 +415,12 @@ def test_uvim_images_collect_the_last_stage_two_predictions(tmp_path):
   from PIL import Image
 
   runs = uvim.runs("cpu")
-  assert uvim.images(runs, tmp_path / "runs", tmp_path) == []  # nothing trained yet: no file
+  assert uvim.from_logs(runs, tmp_path / "runs", tmp_path) == (None, [])  # nothing trained yet: no file
   for step, shade in ((500, 0), (2000, 200)):
     folder = tmp_path / "runs" / "depth_fsq_lm" / "images"
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((8, 24, 3), shade, np.uint8)).save(folder / f"eval_predictions_{step:08d}.png")
-  (path,) = uvim.images(runs, tmp_path / "runs", tmp_path)
+  (path,) = uvim.predictions_figure(runs, tmp_path / "runs", tmp_path)
   assert path == tmp_path / "uvim_predictions.png"
   pixels = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
   assert np.sum(np.all(pixels == 200, axis=1)) > 100  # the step-2000 picture (grey 200) is the one shown
@@ -460,7 +460,8 @@ def test_settling_repeats_study_runs_longer_and_finds_when_validation_settles(tm
   assert rows == {
     "fsq_8_stage1": ["21.00", "22.00", "22.00", "22.00", "1750", "62.5%", "75.0%", "87.5%", "100.0%", "4000"]
   }
-  assert [p.name for p in settling.images(runs, run_dir, tmp_path / "out")] == ["settling.png"]
+  section, figures = settling.from_logs(runs, run_dir, tmp_path / "out")
+  assert section == settling.log_table(runs, run_dir) and [p.name for p in figures] == ["settling.png"]
   assert make_tables.main(["settling", f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 't'}"]) == 0
   document = (tmp_path / "t" / "table.md").read_text()
   assert "## Validation during training" in document and "![settling](settling.png)" in document
