@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   logging.basicConfig(
     level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
   )
-  from fsq.evals.run_eval import read_config, real_floor
+  from fsq.evals.run_eval import real_floor
   from fsq.train.files import write_text_atomically
+  from fsq.train.writers import read_config
 
   result = real_floor(read_config(args.workdir), args.num_images)
   text = json.dumps(result, indent=2)

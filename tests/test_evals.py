@@ -17,6 +17,7 @@ from fsq.train.checkpoint import restore_on_one_device, saved_steps
 from fsq.train.data import InputPipeline
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
+from fsq.train.writers import read_config, write_config
 from tests.helpers import patched
 from tests.test_train import TINY, tiny_config
 
@@ -210,12 +211,12 @@ def test_real_floor_scores_the_first_images_against_the_next(extractor, tfds_dat
     real_floor(config, 1)
 
 
-def test_fid_floor_reads_the_dataset_from_a_runs_recorded_config(tmp_path):
+def test_a_runs_recorded_config_reads_back(tmp_path):
   config = get_maskgit_config("stage=tokenizer,run=cpu,quantizer=fsq")
   config.data.eval_split = "test[:7]"
-  (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2))  # as the training loop does
-  read = run_eval.read_config(tmp_path)
+  write_config(tmp_path, config)
+  read = read_config(tmp_path)
   assert read.data.eval_split == "test[:7]" and read.data.name == config.data.name
   assert list(read.quantizer.levels) == list(config.quantizer.levels)
   with pytest.raises(FileNotFoundError, match=r"nowhere/config.json is missing: is .*nowhere a training"):
-    run_eval.read_config(tmp_path / "nowhere")
+    read_config(tmp_path / "nowhere")

@@ -25,6 +25,7 @@ from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
 from fsq.train.files import write_text_atomically
+from fsq.train.writers import read_config
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ class LoadedRun:
   constants: dict
   mesh: jax.sharding.Mesh
   pipeline: InputPipeline
-
-
-def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  """The config a training run recorded in ``workdir/config.json``."""
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} is missing: is {workdir} a training workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def load_run(workdir: str | Path) -> LoadedRun:

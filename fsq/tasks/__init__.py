@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import ml_collections
@@ -21,6 +20,7 @@ from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
 from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
 from fsq.train.checkpoint import restore_step_on_one_device, saved_step
 from fsq.train.state import make_optimizer
+from fsq.train.writers import read_config
 
 TASKS = ("autoencoder", "tokenizer", "transformer", "uvim_oracle", "uvim_lm")
 
@@ -75,8 +75,8 @@ def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
   after stage I has trained on."""
   if not config.get("tokenizer_workdir") or config.tokenizer_step:
     return
-  recorded = Path(workdir) / "config.json"
-  step = json.loads(recorded.read_text()).get("tokenizer_step", 0) if recorded.exists() else 0
+  recorded = (Path(workdir) / "config.json").exists()
+  step = read_config(workdir).get("tokenizer_step", 0) if recorded else 0
   if not step:
     try:
       step = saved_step(Path(config.tokenizer_workdir) / "checkpoints", 0)

@@ -20,7 +20,7 @@ from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
 from fsq.train.files import write_text_atomically
-from fsq.train.writers import MetricWriter
+from fsq.train.writers import MetricWriter, write_config
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def train_and_evaluate(
   writer = MetricWriter(workdir)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(workdir / "config.json", config.to_json_best_effort(indent=2))
+    write_config(workdir, config)
 
   init_rng = jax.random.key(config.seed)
   step_key = jax.random.fold_in(jax.random.key(config.seed), 1)

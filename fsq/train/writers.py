@@ -1,4 +1,5 @@
-"""Metric writers: JSON lines (machine-readable) and TensorBoard event files, written without TensorFlow.
+"""A run's records: its config (``config.json``), and metric writers for JSON lines (machine-readable) and
+TensorBoard event files, written without TensorFlow.
 
 Only process 0 writes. ``metrics.jsonl`` holds one object per call:
 ``{"step": s, "split": ..., name: value}``; ``tensorboard/`` holds event files (scalars and image
@@ -12,7 +13,23 @@ import math
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
+
+from fsq.train.files import write_text_atomically
+
+
+def write_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
+  """Records ``config`` as ``workdir/config.json`` (atomically), from which evaluation rebuilds the run."""
+  write_text_atomically(Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
+
+
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a training run recorded in ``workdir/config.json``."""
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} is missing: is {workdir} a training workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def read_metrics(path: str | Path) -> list[dict]:
