@@ -82,6 +82,15 @@ def _validations(run: Run, run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndar
   return {key: (s[1], s[2]) for key, s in found.items() if s is not None}
 
 
+def _settled_cell(steps: np.ndarray, values: np.ndarray, tolerance: float) -> str:
+  """``settled_at`` as a table cell: "not by S" when only the last validation (step S) is within the
+  tolerance of itself, as nothing then shows the run has settled; "" without validations."""
+  if not len(steps):
+    return ""
+  at = settled_at(steps, values, tolerance)
+  return f"not by {steps[-1]:.0f}" if at == steps[-1] else f"{at:.0f}"
+
+
 def from_logs(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> tuple[str | None, list[Path]]:
   """``log_table`` and ``settling_figure``."""
   return log_table(runs, run_dir), settling_figure(runs, run_dir, out_dir)
@@ -103,7 +112,7 @@ def log_table(runs: Sequence[Run], run_dir: Path) -> str | None:
       steps, values = found.get(key, (np.zeros(0), np.zeros(0)))
       at = dict(zip(steps.tolist(), values.tolist(), strict=True))
       row += [formatted(at[s], spec) if s in at else "" for s in REPORT_STEPS]
-      row.append(f"{settled_at(steps, values, tolerance):.0f}" if len(steps) else "")
+      row.append(_settled_cell(steps, values, tolerance))
     rows.append(row)
   if not rows:
     return None
@@ -113,7 +122,8 @@ def log_table(runs: Sequence[Run], run_dir: Path) -> str | None:
   return (
     f"## Validation during training\n\nEvery {EVAL_EVERY} steps on the whole test split. Settled at: the"
     f" first validation after which all stay within {PSNR_TOLERANCE} dB (PSNR) or"
-    f" {USAGE_TOLERANCE:.0%} of the codebook (usage) of the last.\n\n" + markdown_table(header, rows)
+    f" {USAGE_TOLERANCE:.0%} of the codebook (usage) of the last; not by S: only the last validation (step"
+    " S) is.\n\n" + markdown_table(header, rows)
   )
 
 
