@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo autoencoder-demo quantizer-demo test lint benchmark data weights
+.PHONY: demo autoencoder-demo quantizer-demo test test-fast clean-cache lint benchmark data weights
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,8 +59,19 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The whole suite in two worker processes (one per core; XLA compiles on one thread), each test file on one
+# worker so that module fixtures are built once; the 15 slowest tests are listed at the end.
+# `make test-fast` leaves out the end-to-end tests marked slow (training processes, sweeps, FID runs).
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 test: lint data weights
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: $(STAMP) data weights
+	$(PY) -m pytest tests $(PYTEST_ARGS) -m "not slow"
+
+# The persistent compilation cache of the tests (see tests/conftest.py).
+clean-cache:
+	rm -rf artifacts/jax_cache
 
 benchmark: $(STAMP) data
 	$(PY) -m scripts.benchmark --suite quantizers --out artifacts/benchmark_quantizers.json

@@ -1,11 +1,48 @@
-"""Test setup: 8 host CPU devices, so that sharded code paths run on one machine."""
+"""Test setup: 8 host CPU devices, so that sharded code paths run on one machine, and JAX's persistent
+compilation cache, shared by the test processes and the training processes they start.
 
+The cache lives in ``artifacts/jax_cache/<jaxlib version>-<CPU fingerprint>``. JAX keys each entry by the
+program, the compile options, the XLA flags, the jaxlib version and the devices; the folder adds the CPU's
+model and instruction-set flags, so that executables compiled for one CPU (say with AVX-512) are never
+loaded on another. A stale entry therefore cannot be hit: it can only be unused. ``make clean-cache``
+removes the folder.
+"""
+
+import hashlib
 import os
+import platform
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_fingerprint() -> str:
+  """A short digest of what compiled CPU code depends on: the architecture, the CPU model and its flags."""
+  lines = []
+  try:
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    lines = sorted(
+      {line for line in info if line.startswith(("model name", "flags", "Features", "CPU part"))}
+    )
+  except OSError:
+    lines = [platform.processor()]
+  return hashlib.sha256("\n".join([platform.machine(), *lines]).encode()).hexdigest()[:12]
+
+
+def compile_cache_dir() -> Path:
+  from importlib.metadata import version
+
+  return REPO / "artifacts" / "jax_cache" / f"jaxlib-{version('jaxlib')}-cpu-{cpu_fingerprint()}"
+
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import pytest
+# Environment variables (not jax.config) so that subprocesses (scripts.train, launch_local) share the cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(compile_cache_dir()))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +53,20 @@ def tfds_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   builders.prepare("fashion_mnist_local", data_dir)
   return data_dir
+
+
+def pytest_collection_modifyitems(config, items):
+  """Files with tests marked slow run first (in file order otherwise), so that the two workers of
+  ``make test`` (``--dist loadfile`` hands out whole files in this order) finish at about the same time."""
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow_files)
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Names the machine under the durations, so that every CI log shows what its times were measured on."""
+  flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+  model = next(
+    (line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?"
+  )
+  avx512 = "yes" if " avx512f" in flags else "no"
+  terminalreporter.write_line(f"machine: {os.cpu_count()} cores, {model}, AVX-512 {avx512}")

@@ -1,6 +1,7 @@
 """Inception features over batches, cached reference sets, and evaluating a trained run into results.json."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -9,7 +10,7 @@ import scipy.linalg
 
 from configs.maskgit import get_config as get_maskgit_config
 from fsq import weights
-from fsq.evals import inception, run_eval, sample_metrics
+from fsq.evals import run_eval, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
 from fsq.evals.run_eval import evaluate, load_run, real_floor, sample_batches
 from fsq.tasks import pin_stage_one, restore_stage_one
@@ -18,7 +19,7 @@ from fsq.train.data import InputPipeline
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
 from fsq.train.writers import read_config, write_config
-from tests.helpers import patched
+from tests.helpers import inception_pool, patched
 from tests.test_train import TINY, tiny_config
 
 needs_inception = pytest.mark.skipif(
@@ -52,7 +53,7 @@ def test_extract_keeps_valid_rows_in_order_and_caches_references(extractor, tmp_
   feats = extractor.extract(iter(batches), 8)
   valid = images[np.concatenate(masks).astype(bool)][:8]
   # Reference: the network applied directly, one image at a time, without the extractor's sharding.
-  direct = [inception.features(extractor.params, to_inception_input(x[None]))["pool"][0] for x in valid]
+  direct = [inception_pool(x[None])[0] for x in valid]
   np.testing.assert_allclose(feats, np.stack(direct), rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match="ran out after 14"):
     extractor.extract(iter(batches), 20)
@@ -86,6 +87,7 @@ def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
 
 
+@pytest.mark.slow
 @needs_inception
 def test_evaluate_writes_results_with_reconstruction_fid(tfds_data_dir, tmp_path):
   workdir = tmp_path / "run"
@@ -105,12 +107,9 @@ def test_evaluate_writes_results_with_reconstruction_fid(tfds_data_dir, tmp_path
   images = np.concatenate([images, list(run.pipeline.eval_batches(2))[1]["image"][:2]])
   variables = jax.device_get(run.task.eval_variables(run.state))
   recon = np.clip(np.asarray(run.task.model.apply(variables, images, train=False)[0]), -1, 1)
-  params = inception.inception_params()
-
-  def feats(x):
-    return np.asarray(inception.features(params, to_inception_input(x))["pool"], np.float64)
-
-  np.testing.assert_allclose(saved["rfid"], _fid_scipy(feats(images), feats(recon)), rtol=2e-3)
+  np.testing.assert_allclose(
+    saved["rfid"], _fid_scipy(inception_pool(images), inception_pool(recon)), rtol=2e-3
+  )
 
 
 def test_evaluate_rejects_bad_requests_before_loading(tmp_path):
@@ -141,11 +140,29 @@ def _maskgit_config(data_dir, stage, **extra):
   return patched(config, tiny)
 
 
+@pytest.fixture(scope="module")
+def maskgit_runs(tfds_data_dir, tmp_path_factory):
+  """A tiny MaskGIT stage I (``tok``) and stage II (``maskgit``) trained 2 steps each, once for the module.
+  Tests copy it (``copy_runs``) before they change it."""
+  root = tmp_path_factory.mktemp("maskgit_runs")
+  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer"), root / "tok")
+  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(root / "tok"))
+  train_and_evaluate(config, root / "maskgit")
+  return root
+
+
+def copy_runs(root, to):
+  """Copies both runs into ``to``; the copied stage II's recorded config names the copied stage I."""
+  shutil.copytree(root, to, dirs_exist_ok=True)
+  config = read_config(to / "maskgit")
+  config.tokenizer_workdir = str(to / "tok")
+  write_config(to / "maskgit", config)
+
+
+@pytest.mark.slow
 @needs_inception
-def test_evaluate_stage_two_sampling_fid_and_compression(tfds_data_dir, tmp_path):
-  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer"), tmp_path / "tok")
-  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
-  train_and_evaluate(config, tmp_path / "maskgit")
+def test_evaluate_stage_two_sampling_fid_and_compression(maskgit_runs, tmp_path):
+  copy_runs(maskgit_runs, tmp_path)
   with pytest.raises(ValueError, match="metric 'rfid' does not apply to task 'transformer'"):
     evaluate(tmp_path / "maskgit", ("rfid",), 8)
   results = evaluate(tmp_path / "maskgit", ("fid", "compression"), 8, cache_dir=tmp_path / "cache")
@@ -160,13 +177,14 @@ def test_evaluate_stage_two_sampling_fid_and_compression(tfds_data_dir, tmp_path
   np.testing.assert_array_equal(labels, np.arange(20) % 10)
 
 
-def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(tfds_data_dir, tmp_path):
+@pytest.mark.slow
+def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(
+  maskgit_runs, tfds_data_dir, tmp_path
+):
   """Stage II pins stage I's newest step when it starts (config.json); resuming it and evaluating it
   restore that step even after stage I has saved newer ones. A missing step is named."""
+  copy_runs(maskgit_runs, tmp_path)
   tokenizer = _maskgit_config(tfds_data_dir, "tokenizer")
-  train_and_evaluate(tokenizer, tmp_path / "tok")
-  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
-  train_and_evaluate(config, tmp_path / "maskgit")
   assert json.loads((tmp_path / "maskgit" / "config.json").read_text())["tokenizer_step"] == 2
   train_and_evaluate(patched(tokenizer, {"num_train_steps": 4}), tmp_path / "tok")  # stage I trains on
   assert saved_steps(tmp_path / "tok" / "checkpoints") == [2, 4]
@@ -194,6 +212,7 @@ def test_stage_two_without_a_stage_one_checkpoint_names_the_workdir(tmp_path):
     restore_stage_one(config)
 
 
+@pytest.mark.slow
 @needs_inception
 def test_real_floor_scores_the_first_images_against_the_next(extractor, tfds_data_dir, tmp_path):
   config = _maskgit_config(tfds_data_dir, "tokenizer")
@@ -201,9 +220,7 @@ def test_real_floor_scores_the_first_images_against_the_next(extractor, tfds_dat
   # Reference: the first 8 test images in the split's order, through the network directly, one at a time.
   batch = next(InputPipeline(config.data, 8, 0).eval_batches())
   images = batch["image"][batch["mask"] == 1][:8]
-  direct = np.stack(
-    [inception.features(extractor.params, to_inception_input(x[None]))["pool"][0] for x in images]
-  ).astype(np.float64)
+  direct = np.stack([inception_pool(x[None])[0] for x in images])
   assert floor["fid"] == pytest.approx(run_eval._fid(direct[:4], direct[4:]), rel=1e-3)
   expected = sample_metrics.precision_recall(direct[:4], direct[4:], k=3)
   assert (floor["precision"], floor["recall"]) == pytest.approx(expected) and floor["num_images"] == 4

@@ -37,8 +37,8 @@ def test_blur_downsample_halves_and_preserves_constants():
 def test_discriminator_outputs_one_logit_per_image():
   model = Discriminator(filters=8, channel_multipliers=(1, 2))
   x = jax.random.normal(jax.random.key(2), (5, 16, 16, 1))
-  params = model.init(jax.random.key(3), x)
-  logits = model.apply(params, x)
+  params = jax.jit(model.init)(jax.random.key(3), x)
+  logits = jax.jit(model.apply)(params, x)
   assert logits.shape == (5,) and np.all(np.isfinite(logits))
   full = jax.eval_shape(
     lambda v: Discriminator().init(jax.random.key(0), v), jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)

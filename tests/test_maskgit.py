@@ -169,14 +169,15 @@ def test_small_transformer_ties_output_to_embeddings_and_drops_out_only_in_train
   tokens = vocab.sequence(jnp.asarray([1, 2]), jnp.asarray([[0, 19, 5, 19], [3, 3, 19, 19]]))
   np.testing.assert_array_equal(tokens[:, 0], [17, 18])
   model = BidirectionalTransformer(vocab.size, 5, hidden=32, num_layers=2, num_heads=4, mlp_dim=64)
-  variables = model.init(jax.random.key(0), tokens)
+  variables = jax.jit(model.init)(jax.random.key(0), tokens)
   params = variables["params"]
   assert params["output_bias"].shape == (20,) and "head_dense" in params
-  eval_a = model.apply(variables, tokens)
-  np.testing.assert_array_equal(eval_a, model.apply(variables, tokens))
-  train = model.apply(variables, tokens, train=True, rngs={"dropout": jax.random.key(1)})
+  apply = jax.jit(model.apply, static_argnames="train")
+  eval_a = apply(variables, tokens)
+  np.testing.assert_array_equal(eval_a, apply(variables, tokens))
+  train = apply(variables, tokens, train=True, rngs={"dropout": jax.random.key(1)})
   assert not np.allclose(train, eval_a)
   # The output layer is tied: the gradient of one logit reaches the embedding row of that token.
-  grads = jax.grad(lambda p: model.apply({"params": p}, tokens)[0, 0, 7])(params)
+  grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, tokens)[0, 0, 7]))(params)
   assert float(jnp.abs(grads["token_embedding"]["embedding"][7]).sum()) > 0
   np.testing.assert_array_equal(grads["output_bias"], np.eye(20)[7])

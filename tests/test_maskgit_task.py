@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from PIL import Image
 
 from fsq.maskgit.schedule import training_mask
@@ -31,13 +32,13 @@ def test_masked_loss_matches_numpy_label_smoothed_cross_entropy_on_masked_positi
   task = make_task(tiny_config(tfds_data_dir))
   tokens = jax.random.randint(jax.random.key(1), (3, 256), 0, 1000)
   labels = jnp.asarray([0, 4, 9])
-  params = task.init(jax.random.key(2), {"image": jnp.zeros((3, 32, 32, 1))}).params
+  params = jax.jit(task.init)(jax.random.key(2), {"image": jnp.zeros((3, 32, 32, 1))}).params
   rng = jax.random.key(3)
-  loss, _ = task.masked_loss(params, tokens, labels, rng, train=False)
+  loss, _ = jax.jit(task.masked_loss, static_argnames="train")(params, tokens, labels, rng, train=False)
   # Reference: the same masks, the transformer's logits, smoothed cross-entropy in float64 numpy.
   masked = np.asarray(training_mask(jax.random.split(rng, 3)[0], 3, 256, 0.45))
   inputs = task.vocab.sequence(labels, jnp.where(masked, task.vocab.mask_id, tokens))
-  logits = np.asarray(task.transformer.apply({"params": params}, inputs), np.float64)[:, 1:, :1000]
+  logits = np.asarray(jax.jit(task.transformer.apply)({"params": params}, inputs), np.float64)[:, 1:, :1000]
   log_p = logits - logits.max(-1, keepdims=True)
   log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
   target = np.full((3, 256, 1000), 0.1 / 1000) + 0.9 * np.eye(1000)[np.asarray(tokens)]
@@ -46,18 +47,20 @@ def test_masked_loss_matches_numpy_label_smoothed_cross_entropy_on_masked_positi
   assert masked.sum(-1).min() >= 116  # ceil(0.45 * 256)
 
 
+@pytest.mark.slow
 def test_stage_two_trains_in_the_generic_loop_and_samples(tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, "steps=2")
-  task = make_task(config)
+  task = dataclasses.replace(make_task(config), samples_per_class=2, num_sampling_steps=4)
   final = train_and_evaluate(config, tmp_path, task=task)
   assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2]
   assert np.isfinite(final["masked_loss"]) and 0 <= final["masked_accuracy"] <= 1
   assert final["codebook/count"] == 2 * 8 * 256
-  # One row per class (10), samples_per_class (8) columns of 32x32 images with 1-pixel borders.
+  # One row per class (10), samples_per_class (2) columns of 32x32 images with 1-pixel borders.
   grid = np.asarray(Image.open(tmp_path / "images" / "eval_samples_00000002.png"))
-  assert grid.shape == (10 * 33 + 1, 8 * 33 + 1)
-  state = task.init(jax.random.key(4), {"image": jnp.zeros((2, 32, 32, 1))})
-  images = task.sample(state, task.constants(), jnp.asarray([1, 7]), jax.random.key(5), num_steps=4)
+  assert grid.shape == (10 * 33 + 1, 2 * 33 + 1)
+  state = jax.jit(task.init)(jax.random.key(4), {"image": jnp.zeros((2, 32, 32, 1))})
+  sample = jax.jit(task.sample, static_argnames="num_steps")
+  images = sample(state, task.constants(), jnp.asarray([1, 7]), jax.random.key(5), num_steps=4)
   assert images.shape == (2, 32, 32, 1) and float(jnp.abs(images).max()) <= 1.0
 
 

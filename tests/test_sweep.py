@@ -36,6 +36,7 @@ def commands(printed: str) -> list[str]:
   return [line for line in printed.splitlines() if line and not line.startswith("#")]
 
 
+@pytest.mark.slow
 def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(tfds_data_dir, tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("FSQ_FID_CACHE", str(tmp_path / "fid_cache"))
   root, out = tmp_path / "runs", tmp_path / "tables"

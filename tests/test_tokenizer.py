@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
 from fsq.models.discriminator import Discriminator
 from fsq.tasks import build_autoencoder
@@ -30,7 +31,7 @@ def test_gan_step_updates_only_what_it_should(tfds_data_dir):
   config = tiny_config(tfds_data_dir)
   images = jax.random.uniform(jax.random.key(0), (8, 32, 32, 1), minval=-1, maxval=1)
   task = make_task(config, perceptual_weight=0.0, disc_start_step=1, ema_decay=0.9)
-  state = task.init(jax.random.key(1), {"image": images})
+  state = jax.jit(task.init)(jax.random.key(1), {"image": images})
   step = jax.jit(lambda s: task.train_step(s, {"image": images}, jax.random.key(2), {}))
   first, metrics = step(state)
   # Step 0 < disc_start_step: the discriminator and its optimizer are untouched, the generator moves.
@@ -50,17 +51,18 @@ def test_without_perceptual_and_gan_terms_the_generator_step_is_the_autoencoder_
   images = jax.random.uniform(jax.random.key(3), (8, 32, 32, 1), minval=-1, maxval=1)
   task = make_task(config, perceptual_weight=0.0, adversarial_weight=0.0)
   plain = AutoencoderTask(task.model, task.optimizer)
-  gan_state = task.init(jax.random.key(4), {"image": images})
-  plain_state = plain.init(jax.random.key(4), {"image": images})
+  gan_state = jax.jit(task.init)(jax.random.key(4), {"image": images})
+  plain_state = jax.jit(plain.init)(jax.random.key(4), {"image": images})
   plain_state = plain_state.replace(params=gan_state.params, opt_state=plain.optimizer.init(gan_state.params))
-  gan_next, metrics = task.train_step(gan_state, {"image": images}, jax.random.key(5), {})
-  plain_next, _ = plain.train_step(plain_state, {"image": images}, jax.random.key(5), {})
+  gan_next, metrics = jax.jit(task.train_step)(gan_state, {"image": images}, jax.random.key(5), {})
+  plain_next, _ = jax.jit(plain.train_step)(plain_state, {"image": images}, jax.random.key(5), {})
   for a, b in zip(jax.tree.leaves(gan_next.params), jax.tree.leaves(plain_next.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   # With no adversarial term the discriminator is never trained (nor run), even past disc_start_step.
   assert _equal(gan_next.disc_params, gan_state.disc_params) and float(metrics["discriminator_loss"]) == 0
 
 
+@pytest.mark.slow
 def test_tokenizer_trains_in_the_generic_loop_with_lpips(tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, "steps=2")
   final = train_and_evaluate(config, tmp_path, task=make_task(config, perceptual_weight=0.1))

@@ -92,6 +92,7 @@ def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
   assert Checkpointer(tmp_path / "checkpoints").all_steps() == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_vq_autoencoder_with_ema_statistics_trains_and_resumes(tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, "quantizer=vq_uvim,steps=2", **{"quantizer.codebook_size": 64})
   train_and_evaluate(config, tmp_path)
@@ -115,6 +116,7 @@ def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
   assert final["codebook/count"] == 2 * 8 * 16 * 16 and np.isfinite(final["mse"])
 
 
+@pytest.mark.slow
 def test_resume_on_a_different_mesh(tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, "steps=2")
   train_and_evaluate(config, tmp_path)
@@ -169,6 +171,7 @@ def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, skip: int, 
   raise AssertionError(f"step {step} not reached in {timeout}s")
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tfds_data_dir, tmp_path):
   steps = 12
   full = tmp_path / "full"
@@ -203,6 +206,7 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tfds_data_dir, 
       np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_a_save_interrupted_midway_is_ignored_on_resume(tfds_data_dir, tmp_path):
   config = tiny_config(tfds_data_dir, "steps=4")
   train_and_evaluate(config, tmp_path)
@@ -218,6 +222,7 @@ def test_a_save_interrupted_midway_is_ignored_on_resume(tfds_data_dir, tmp_path)
   assert all(np.all(np.isfinite(p)) for p in params)
 
 
+@pytest.mark.slow
 def test_bad_config_fails_before_compiling(tfds_data_dir, tmp_path):
   result = run_cli([*cli_args(tmp_path / "a", tfds_data_dir, 2), "--config.model.filterz=3"])
   assert result.returncode != 0 and "filterz" in result.stderr
@@ -228,6 +233,7 @@ def test_bad_config_fails_before_compiling(tfds_data_dir, tmp_path):
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(tfds_data_dir, tmp_path):
   overrides = {"data.num_shards": 2, "checkpoint_every_steps": 2}
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -31,7 +32,12 @@ def inputs(seed=0, batch=2, y_channels=2):
 
 
 def init(model, x, y):
-  return model.init({"params": jax.random.key(1)}, x, y)
+  return jax.jit(model.init)({"params": jax.random.key(1)}, x, y)
+
+
+def apply(model, variables, *args, rngs=None, **kwargs):
+  """``model.apply`` compiled as one program (not dispatched operation by operation)."""
+  return jax.jit(functools.partial(model.apply, **kwargs))(variables, *args, rngs=rngs)
 
 
 def quantizers():
@@ -45,22 +51,22 @@ def test_shapes_and_index_range(kind):
   x, y = inputs()
   variables = init(model, x, y)
   rngs = {"dropout": jax.random.key(2), "vq": jax.random.key(3)}
-  (pred, aux), _ = model.apply(variables, x, y, train=True, rngs=rngs, mutable=["vq_stats"])
+  (pred, aux), _ = apply(model, variables, x, y, train=True, rngs=rngs, mutable=["vq_stats"])
   assert pred.shape == (2, SIZE, SIZE, OUT)
   assert aux["indices"].shape == (2, CODE_GRID, CODE_GRID)
   assert aux["indices"].dtype == jnp.int32
   size = 15 if kind == "fsq" else 8
   assert int(aux["indices"].min()) >= 0 and int(aux["indices"].max()) < size
   assert ("loss" in aux) == (kind == "vq")
-  indices = model.apply(variables, x, y, method="encode")
-  np.testing.assert_array_equal(indices, model.apply(variables, x, y, train=False)[1]["indices"])
+  indices = apply(model, variables, x, y, method="encode")
+  np.testing.assert_array_equal(indices, apply(model, variables, x, y, train=False)[1]["indices"])
 
 
 def test_fsq_indices_stay_in_range_for_large_latents():
   model = tiny(layers.FSQ(levels=(3, 2)), code_grid=4)
   x, y = inputs(batch=8)
   variables = init(model, x, y)
-  indices = np.asarray(model.apply(variables, x, 10.0 * y, method="encode"))
+  indices = np.asarray(apply(model, variables, x, 10.0 * y, method="encode"))
   assert indices.min() >= 0 and indices.max() < 6
 
 
@@ -69,9 +75,9 @@ def test_decode_of_encode_equals_the_quantizer_path(kind):
   model = tiny(quantizers()[kind])
   x, y = inputs()
   variables = init(model, x, y)
-  pred, _ = model.apply(variables, x, y, train=False)
-  indices = model.apply(variables, x, y, method="encode")
-  decoded = model.apply(variables, x, indices, method="decode")
+  pred, _ = apply(model, variables, x, y, train=False)
+  indices = apply(model, variables, x, y, method="encode")
+  decoded = apply(model, variables, x, indices, method="decode")
   assert float(jnp.std(pred)) > 1e-3
   np.testing.assert_allclose(decoded, pred, rtol=1e-5, atol=1e-5)
 
@@ -82,8 +88,8 @@ def test_oracle_context_switch(context):
   x, y = inputs()
   variables = init(model, x, y)
   x2 = x + jax.random.normal(jax.random.key(9), x.shape)
-  a = model.apply(variables, x, y, method="encode")
-  b = model.apply(variables, x2, y, method="encode")
+  a = apply(model, variables, x, y, method="encode")
+  b = apply(model, variables, x2, y, method="encode")
   assert np.array_equal(a, b) != context
 
 
@@ -92,10 +98,10 @@ def test_base_context_switch(context):
   model = tiny(layers.FSQ(levels=(5, 3)), base_context=context)
   x, y = inputs()
   variables = init(model, x, y)
-  indices = model.apply(variables, x, y, method="encode")
+  indices = apply(model, variables, x, y, method="encode")
   x2 = x + jax.random.normal(jax.random.key(9), x.shape)
-  a = model.apply(variables, x, indices, method="decode")
-  b = model.apply(variables, x2, indices, method="decode")
+  a = apply(model, variables, x, indices, method="decode")
+  b = apply(model, variables, x2, indices, method="decode")
   assert np.allclose(a, b) != context
   assert ("ctx_embedding" in variables["params"]["base"]) == context
 
@@ -104,8 +110,8 @@ def test_without_context_neither_part_sees_the_image():
   model = tiny(layers.FSQ(levels=(5, 3)), oracle_context=False, base_context=False)
   x, y = inputs()
   variables = init(model, x, y)
-  pred, _ = model.apply(variables, x, y)
-  pred2, _ = model.apply(variables, -x, y)
+  pred, _ = apply(model, variables, x, y)
+  pred2, _ = apply(model, variables, -x, y)
   np.testing.assert_array_equal(pred, pred2)
 
 
@@ -121,6 +127,7 @@ def test_code_dropout_acts_only_through_zeroed_codes(monkeypatch):
     return seen["out"]
 
   monkeypatch.setattr(uvim.vq, "code_dropout", recording)
+  # Eager, so that the recorded codes are arrays, not tracers.
   pred, _ = model.apply(variables, x, y, train=True, rngs={"dropout": jax.random.key(5)})
   codes_in, codes_out = np.asarray(seen["in"]), np.asarray(seen["out"])
   kept = np.all(codes_in == codes_out, axis=-1)
@@ -128,9 +135,9 @@ def test_code_dropout_acts_only_through_zeroed_codes(monkeypatch):
   assert np.all(kept | dropped)
   assert np.any(dropped & ~kept), "some codes must be dropped for this seed"
   grid = codes_out.reshape(4, 4, 4, -1)
-  expected = model.apply(variables, grid, x, method=lambda m, c, i: m.base(c, i))
+  expected = apply(model, variables, grid, x, method=lambda m, c, i: m.base(c, i))
   np.testing.assert_allclose(pred, expected, rtol=1e-5, atol=1e-5)
-  eval_pred, _ = model.apply(variables, x, y, train=False)
+  eval_pred, _ = apply(model, variables, x, y, train=False)
   assert not np.allclose(pred, eval_pred)
 
 
@@ -139,10 +146,10 @@ def test_no_code_dropout_at_eval_or_when_disabled():
   for mode, train in (("random", False), ("none", True)):
     model = tiny(layers.FSQ(levels=(5, 3)), code_dropout=mode)
     variables = init(model, x, y)
-    pred, _ = model.apply(variables, x, y, train=train, rngs={"dropout": jax.random.key(5)})
-    indices = model.apply(variables, x, y, method="encode")
+    pred, _ = apply(model, variables, x, y, train=train, rngs={"dropout": jax.random.key(5)})
+    indices = apply(model, variables, x, y, method="encode")
     np.testing.assert_allclose(
-      pred, model.apply(variables, x, indices, method="decode"), rtol=1e-5, atol=1e-5
+      pred, apply(model, variables, x, indices, method="decode"), rtol=1e-5, atol=1e-5
     )
 
 

@@ -12,9 +12,7 @@ import pytest
 from configs.uvim import get_config
 from fsq import weights
 from fsq.data import builders
-from fsq.evals import inception
 from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
-from fsq.evals.features import to_inception_input
 from fsq.evals.run_eval import evaluate, load_run
 from fsq.tasks import build_task, build_uvim_stage_two_task
 from fsq.tasks.uvim_outputs import (
@@ -30,7 +28,7 @@ from fsq.tasks.uvim_outputs import (
 )
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
-from tests.helpers import patched
+from tests.helpers import inception_pool, patched
 from tests.test_evals import _fid_scipy
 from tests.test_train import read_metrics
 
@@ -194,6 +192,7 @@ def test_stage_one_depth_trains_and_evaluates(scenes_dir, tmp_path):
   assert (tmp_path / "images" / "eval_oracle_00000002.png").exists()
 
 
+@pytest.mark.slow
 def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
   config = tiny_config(scenes_dir, "stage=oracle,task=panoptic,quantizer=vq")
   final = train_and_evaluate(config, tmp_path / "one")
@@ -206,6 +205,7 @@ def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
   assert final_two["codebook/count"] == 4 * 16
 
 
+@pytest.mark.slow
 def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_path):
   """Colorization end to end with context=off (the oracle and base model never see the grey image), then
   stage II and evaluate's color_fid against FID recomputed from the restored model with scipy."""
@@ -226,12 +226,9 @@ def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_p
   images = next(run.pipeline.eval_batches())["image"][:4]
   outputs, _ = run.task.predict_outputs(run.state, run.constants, images)
   colours = np.clip(np.asarray(outputs, np.float64), -1, 1)
-  params = inception.inception_params()
-
-  def feats(x):
-    return np.asarray(inception.features(params, to_inception_input(x))["pool"], np.float64)
-
-  np.testing.assert_allclose(results["color_fid"], _fid_scipy(feats(images), feats(colours)), rtol=2e-3)
+  np.testing.assert_allclose(
+    results["color_fid"], _fid_scipy(inception_pool(images), inception_pool(colours)), rtol=2e-3
+  )
 
 
 @pytest.mark.parametrize("task", ["depth", "panoptic", "colorization"])

@@ -18,6 +18,8 @@ TINY = VisionToTextTransformer(
   codebook_size=11, seq_len=4, width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=4
 )
 
+_apply = jax.jit(TINY.apply)
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -38,7 +40,7 @@ def reference_generate(params, images, rng, temperature, top_k):
   codes = np.zeros((batch, 0), np.int32)
   for t in range(TINY.seq_len):
     prefix = np.concatenate([codes, np.zeros((batch, 1), np.int32)], axis=1)
-    logits = np.asarray(TINY.apply({"params": params}, images, prefix))[:, t, :k]
+    logits = np.asarray(_apply({"params": params}, images, prefix))[:, t, :k]
     if temperature == 0:
       nxt = logits.argmax(-1)
     else:
@@ -73,8 +75,8 @@ def test_later_codes_do_not_change_earlier_logits(tiny):
   params, images = tiny
   codes = jax.random.randint(jax.random.key(4), (3, TINY.seq_len), 0, TINY.codebook_size)
   changed = codes.at[:, 2].set((codes[:, 2] + 1) % TINY.codebook_size)
-  logits = np.asarray(TINY.apply({"params": params}, images, codes))
-  logits_changed = np.asarray(TINY.apply({"params": params}, images, changed))
+  logits = np.asarray(_apply({"params": params}, images, codes))
+  logits_changed = np.asarray(_apply({"params": params}, images, changed))
   assert logits.shape == (3, TINY.seq_len, TINY.vocab_size)
   # Code 2 is the decoder input at position 3 (shifted right by BOS): positions 0..2 must not see it.
   np.testing.assert_allclose(logits_changed[:, :3], logits[:, :3], rtol=0, atol=1e-6)
