@@ -20,7 +20,7 @@ from tests.test_train import read_metrics, tiny_config
 
 def make_task(config):
   tokenizer = build_autoencoder(config)  # FSQ (8, 5, 5, 5): 1000 codes, 16x16 tokens for 32x32 images
-  variables = tokenizer.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+  variables = jax.jit(tokenizer.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
   vocab = Vocabulary(codebook_size=1000, num_classes=10)
   transformer = BidirectionalTransformer(
     vocab.size, 1 + 256, hidden=32, num_layers=2, num_heads=4, mlp_dim=64
