@@ -224,7 +224,7 @@ def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_p
 
   run = load_run(tmp_path / "two")
   images = next(run.pipeline.eval_batches())["image"][:4]
-  outputs, _ = run.task.predict_outputs(run.state, run.constants, images)
+  outputs, _ = jax.jit(run.task.predict_outputs)(run.state, run.constants, images)
   colours = np.clip(np.asarray(outputs, np.float64), -1, 1)
   np.testing.assert_allclose(
     results["color_fid"], _fid_scipy(inception_pool(images), inception_pool(colours)), rtol=2e-3
