@@ -1,5 +1,6 @@
-"""Test setup: 8 host CPU devices, so that sharded code paths run on one machine, and JAX's persistent
-compilation cache, shared by the test processes and the training processes they start.
+"""Test setup: 8 host CPU devices, so that sharded code paths run on one machine, XLA's backend
+optimisation level 0 (faster compiles of the same programs), and JAX's persistent compilation cache,
+shared by the test processes and the training processes they start.
 
 The cache lives in ``artifacts/jax_cache/<jaxlib version>-<CPU fingerprint>``. JAX keys each entry by the
 program, the compile options, the XLA flags, the jaxlib version and the devices; the folder adds the CPU's
@@ -37,7 +38,11 @@ def compile_cache_dir() -> Path:
   return REPO / "artifacts" / "jax_cache" / f"jaxlib-{version('jaxlib')}-cpu-{cpu_fingerprint()}"
 
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Backend optimisation level 0: XLA's HLO passes (fusion, layout, sharding) all run, LLVM does not optimise
+# the machine code. The tests' models are tiny, so compiling is most of their time, and this halves it.
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Environment variables (not jax.config) so that subprocesses (scripts.train, launch_local) share the cache.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(compile_cache_dir()))
