@@ -19,16 +19,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cpu_info() -> str:
+  """The text of /proc/cpuinfo ('' where there is none)."""
+  try:
+    return Path("/proc/cpuinfo").read_text()
+  except OSError:
+    return ""
+
+
 def cpu_fingerprint() -> str:
   """A short digest of what compiled CPU code depends on: the architecture, the CPU model and its flags."""
-  lines = []
-  try:
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    lines = sorted(
-      {line for line in info if line.startswith(("model name", "flags", "Features", "CPU part"))}
-    )
-  except OSError:
-    lines = [platform.processor()]
+  keys = ("model name", "flags", "Features", "CPU part")
+  lines = sorted({line for line in cpu_info().splitlines() if line.startswith(keys)})
+  lines = lines or [platform.processor()]
   return hashlib.sha256("\n".join([platform.machine(), *lines]).encode()).hexdigest()[:12]
 
 
@@ -69,9 +72,8 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_terminal_summary(terminalreporter):
   """Names the machine under the durations, so that every CI log shows what its times were measured on."""
-  flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-  model = next(
-    (line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "?"
-  )
-  avx512 = "yes" if " avx512f" in flags else "no"
+  info = cpu_info()
+  names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+  model = names[0] if names else platform.processor()
+  avx512 = "yes" if " avx512f" in info else "no"
   terminalreporter.write_line(f"machine: {os.cpu_count()} cores, {model}, AVX-512 {avx512}")
