@@ -236,7 +236,9 @@ def test_bad_config_fails_before_compiling(tfds_data_dir, tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_four_devices(tfds_data_dir, tmp_path):
   overrides = {"data.num_shards": 2, "checkpoint_every_steps": 2}
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  # The tests' XLA flags without their device count: one process gets 4 devices, launch_local gives 2 each.
+  flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f)
+  env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4")
   one = run_cli(cli_args(tmp_path / "one", tfds_data_dir, 4, **overrides), env=env)
   assert one.returncode == 0, one.stdout + one.stderr
   two = subprocess.run(
@@ -250,7 +252,7 @@ def test_two_processes_match_one_process_with_four_devices(tfds_data_dir, tmp_pa
       *cli_args(tmp_path / "two", tfds_data_dir, 4, **overrides),
     ],
     cwd=REPO,
-    env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    env=dict(os.environ, XLA_FLAGS=flags),
     capture_output=True,
     text=True,
     timeout=600,
