@@ -162,11 +162,11 @@ def panoptic_loss(
   return jnp.mean(total, axis=(1, 2))
 
 
-def _segment_ids(semantic, instance, num_classes, max_instances, is_thing):
+def _segment_ids(semantic, instance, num_classes, max_instances, is_thing, void_label):
   """(B, H, W) maps -> (B, H * W) segment ids ``class * max_instances + instance`` in [0, K), K =
-  num_classes * max_instances, and K on void pixels (a class outside [0, num_classes)); stuff uses
-  instance 0."""
-  void = (semantic < 0) | (semantic >= num_classes)
+  num_classes * max_instances, and K on void pixels (the class ``void_label``, which may lie inside
+  [0, num_classes) as COCO's 0 does, or any class outside that range); stuff uses instance 0."""
+  void = (semantic == void_label) | (semantic < 0) | (semantic >= num_classes)
   cls = jnp.clip(semantic, 0, num_classes - 1)
   inst = jnp.where(is_thing[cls], jnp.clip(instance, 0, max_instances - 1), 0)
   key = jnp.where(void, num_classes * max_instances, cls * max_instances + inst)
@@ -206,16 +206,20 @@ def panoptic_stats(
   num_classes: int,
   max_instances: int,
   thing_classes: tuple[int, ...],
+  void_label: int,
 ) -> jax.Array:
   """``PanopticQuality``'s statistics inside jit, (4, num_classes) float32: TP, FP, FN and the sum of
-  matched IoUs per class over the masked-in images. Maps (B, H, W) int; mask (B,). Void is any semantic
-  label outside [0, num_classes); instance ids must lie in [0, max_instances). Memory per image is
+  matched IoUs per class over the masked-in images (the void class's entry stays 0). Maps (B, H, W) int;
+  mask (B,). Void is the semantic label ``void_label`` (in the ground truth: removed from unions, and
+  excuses predictions lying mostly on it; in the prediction: no segment) and any label outside
+  [0, num_classes); instance ids must lie in [0, max_instances). Memory per image is
   num_classes * max_instances^2 histogram bins (5 MB at COCO's 134 x 100), so the statistics stay in the
   jitted, sharded evaluation step at paper scale too.
   """
   is_thing = jnp.zeros(num_classes, bool).at[jnp.asarray(thing_classes, jnp.int32)].set(True)
-  pred = _segment_ids(pred_semantic, pred_instance, num_classes, max_instances, is_thing)
-  gt = _segment_ids(gt_semantic, gt_instance, num_classes, max_instances, is_thing)
+  args = (num_classes, max_instances, is_thing, void_label)
+  pred = _segment_ids(pred_semantic, pred_instance, *args)
+  gt = _segment_ids(gt_semantic, gt_instance, *args)
   per_image = jax.vmap(lambda g, p: _image_panoptic_stats(g, p, num_classes, max_instances))(gt, pred)
   return jnp.einsum("bsci,b->sc", per_image, mask.astype(jnp.float32))
 
@@ -271,6 +275,7 @@ class PanopticRepresentation:
       self.num_classes,
       self.max_instances,
       self.thing_classes,
+      self.void_label,
     )
     return {"pq_stats": stats}
 
