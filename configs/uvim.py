@@ -92,6 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # COCO's thing ids come with the dataset's metadata (the first 80 of 133 classes, ids 1..80).
   c.uvim.thing_classes = tuple(range(1, 81)) if paper else THING_CLASSES
   c.uvim.void_label = 0 if paper else VOID
+  # big_vision's one class per predicted instance on COCO (every segment has its own instance id); the
+  # scenes give all stuff instance 0, so they take semantics per pixel.
+  c.uvim.panoptic_prediction = "instance_vote" if paper else "per_pixel"
 
   c.data.image_size = 512 if paper else 64
   c.data.channels = 3

@@ -167,7 +167,9 @@ def build_dense_representation(config: ml_collections.ConfigDict):
   if u.task == "depth":
     return DepthRepresentation(u.depth_bins, u.min_depth, u.max_depth)
   if u.task == "panoptic":
-    return PanopticRepresentation(u.num_classes, u.max_instances, tuple(u.thing_classes), u.void_label)
+    return PanopticRepresentation(
+      u.num_classes, u.max_instances, tuple(u.thing_classes), u.void_label, u.panoptic_prediction
+    )
   if u.task == "colorization":
     return ColorizationRepresentation()
   raise ValueError(f"config.uvim.task must be depth, panoptic or colorization, got {u.task!r}")

@@ -12,10 +12,11 @@ They follow big_vision's ``big_vision/trainers/proj/uvim/{depth,panoptic,coloriz
   1.2-2 m high, wall 7-10 m away, pitch up to 25 degrees), so their configs use [1e-3, 12] m: 4.7 cm bins.
 * Panoptic: y = concat(one-hot semantic (num_classes), one-hot instance (max_instances)); void pixels
   (a label outside [0, num_classes)) have an all-zero semantic one-hot. The model outputs both logit
-  sets; loss = the sum of the two per-pixel cross-entropies, averaged over pixels. Prediction = the
-  argmax of each. (big_vision canonicalises COCO so that every segment, stuff included, has its own
-  instance id, and gives each predicted instance the majority semantic label; the scenes give all stuff
-  instance 0, so here semantics and instances are independent argmaxes and PQ ignores instances on stuff.)
+  sets; loss = the sum of the two per-pixel cross-entropies, averaged over pixels. Prediction
+  (``prediction``): "instance_vote" is big_vision's rule (the argmax instance per pixel, then one class
+  per instance, the argmax of its summed semantic logits), right where every segment, stuff included, has
+  its own instance id, as in big_vision's COCO; "per_pixel" takes the two argmaxes independently, for the
+  synthetic scenes, whose stuff all has instance 0 (one vote would give all stuff one class).
   Metric: PQ, its statistics computed inside the evaluation step by ``panoptic_stats`` (the loop's steps
   are jitted and sharded; a host callback there deadlocked the 8-device CPU test mesh), reported by
   ``PanopticQuality``.
@@ -224,6 +225,23 @@ def panoptic_stats(
   return jnp.einsum("bsci,b->sc", per_image, mask.astype(jnp.float32))
 
 
+PANOPTIC_PREDICTIONS = ("per_pixel", "instance_vote")
+
+
+def instance_vote(semantic_logits: jax.Array, instance_logits: jax.Array) -> jax.Array:
+  """big_vision's panoptic prediction: (B, H, W, 2) int32 semantic class and instance id.
+
+  Each pixel takes its argmax instance; each predicted instance then takes one class, the argmax of the
+  semantic logits (B, H, W, C) summed over its pixels, so that no instance is split into segments of
+  several classes. Instance logits (B, H, W, I).
+  """
+  instance = jnp.argmax(instance_logits, -1)
+  masks = jax.nn.one_hot(instance, instance_logits.shape[-1], dtype=semantic_logits.dtype)
+  votes = jnp.einsum("bhwc,bhwi->bic", semantic_logits, masks)
+  semantic = jnp.take_along_axis(jnp.argmax(votes, -1), instance.reshape(instance.shape[0], -1), 1)
+  return jnp.stack([semantic.reshape(instance.shape), instance], -1).astype(jnp.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class PanopticRepresentation:
   """Panoptic maps as one-hot semantics (num_classes) and instances (max_instances)."""
@@ -232,6 +250,11 @@ class PanopticRepresentation:
   max_instances: int
   thing_classes: tuple[int, ...]
   void_label: int = -1
+  prediction: str = "per_pixel"
+
+  def __post_init__(self):
+    if self.prediction not in PANOPTIC_PREDICTIONS:
+      raise ValueError(f"panoptic prediction must be one of {PANOPTIC_PREDICTIONS}, got {self.prediction!r}")
 
   @property
   def input_channels(self) -> int:
@@ -254,8 +277,10 @@ class PanopticRepresentation:
     return panoptic_loss(outputs[..., :c], outputs[..., c:], batch["semantic"], batch["instance"])
 
   def predict(self, outputs: jax.Array) -> jax.Array:
-    """(B, H, W, 2) int32: argmax semantic class, argmax instance id."""
+    """(B, H, W, 2) int32 semantic class and instance id, by ``panoptic_prediction``."""
     c = self.num_classes
+    if self.prediction == "instance_vote":
+      return instance_vote(outputs[..., :c], outputs[..., c:])
     return jnp.stack([jnp.argmax(outputs[..., :c], -1), jnp.argmax(outputs[..., c:], -1)], -1).astype(
       jnp.int32
     )
