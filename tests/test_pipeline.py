@@ -1,6 +1,7 @@
 """The Fashion-MNIST TFDS builder and the Grain pipeline, checked against numpy on the idx files."""
 
 import collections
+import dataclasses
 
 import grain
 import numpy as np
@@ -331,3 +332,31 @@ def test_eval_batches_pad_the_shards_that_run_out_keeping_every_dense_field():
   assert sharded.eval_order == "4 contiguous shards interleaved 2 rows at a time"
   config.num_shards = 1
   assert InputPipeline(config, 8, 0, sources=(source, source)).eval_order is None
+
+
+def test_instance_ids_are_canonical_after_the_flip_whatever_order_the_objects_were_drawn_in():
+  """A scene rendered twice, its things listed in opposite orders (so the ids differ), gives the same
+  instance map, numbered by centre of mass after the random flip (big_vision's ``make_canonical``)."""
+  scene = scenes.random_scene(3)
+  drawn = [scenes.render(s, 32) for s in (scene, dataclasses.replace(scene, things=scene.things[::-1]))]
+  assert len(scene.things) > 2 and not np.array_equal(drawn[0]["instance"], drawn[1]["instance"])
+  np.testing.assert_array_equal(drawn[0]["image"], drawn[1]["image"])
+  examples = [
+    {"image": d["image"], "semantic": d["semantic"], "instance": d["instance"]}
+    for d in drawn * 8
+  ]
+  source = pipeline.ImageSource(examples, (32, 32, 3), ("semantic", "instance"))
+  (batch,) = make(source, batch_size_per_process=16, random_flip=True, seed=1)
+  image, instance = drawn[0]["image"], drawn[0]["instance"]
+  flipped = [bool(np.array_equal(to_uint8(x), image[:, ::-1])) for x in batch["image"]]
+  assert 0 < sum(flipped) < 16
+  for got, flip in zip(batch["instance"], flipped, strict=True):
+    layout = instance[:, ::-1] if flip else instance
+    # The same partition into objects, renumbered 1..K by row then column of the centre of mass.
+    rows, cols = np.indices(layout.shape)
+    ids = [i for i in np.unique(layout) if i > 0]
+    order = sorted(ids, key=lambda i: cols[layout == i].mean() + 32 * rows[layout == i].mean())
+    expected = np.zeros_like(layout)
+    for rank, i in enumerate(order):
+      expected[layout == i] = rank + 1
+    np.testing.assert_array_equal(got, expected)

@@ -42,20 +42,19 @@ def panoptic_segment_ids(rgb: np.ndarray) -> np.ndarray:
 
 def canonical_instances(instance: np.ndarray) -> np.ndarray:
   """Instance ids > 0 renumbered 1..K in the order of their centres of mass (x + H * y, i.e. by
-  row, then column); 0 stays 0. int (H, W) -> int32 (H, W)."""
+  row, then column; ties by the old id); 0 stays 0. int (H, W) -> int32 (H, W). big_vision's
+  ``make_canonical``: the same layout always gets the same ids, whatever order its objects were drawn in."""
   instance = np.asarray(instance)
-  ids = np.unique(instance[instance > 0])
-  out = np.zeros(instance.shape, np.int32)
-  if ids.size == 0:
-    return out
+  ids, index = np.unique(instance, return_inverse=True)
+  index = index.reshape(-1)
   rows, cols = np.indices(instance.shape)
-  centres = []
-  for i in ids:
-    where = instance == i
-    centres.append(cols[where].mean() + instance.shape[0] * rows[where].mean())
-  for rank, i in enumerate(ids[np.argsort(centres, kind="stable")]):
-    out[instance == i] = rank + 1
-  return out
+  counts = np.bincount(index)
+  centres = np.bincount(index, cols.reshape(-1)) + instance.shape[0] * np.bincount(index, rows.reshape(-1))
+  centres = centres / counts
+  objects = np.flatnonzero(ids > 0)
+  new_ids = np.zeros(ids.size, np.int32)
+  new_ids[objects[np.argsort(centres[objects], kind="stable")]] = np.arange(1, objects.size + 1)
+  return new_ids[index].reshape(instance.shape)
 
 
 def coco_semantic_instance(

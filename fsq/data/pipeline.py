@@ -256,6 +256,15 @@ class _RandomFlip(grain.transforms.RandomMap):
     return {**example, **dense, "image": example["image"][:, ::-1]}
 
 
+class _CanonicalInstances(grain.transforms.Map):
+  """Renumbers the "instance" map by centre of mass (``dense_targets.canonical_instances``) after the
+  resize and the flip, as big_vision's ``make_canonical`` ends every panoptic pipeline: the ids are then a
+  function of the layout the model sees, never of the order the objects were annotated or drawn in."""
+
+  def map(self, example: dict[str, Any]) -> dict[str, Any]:
+    return {**example, "instance": dense_targets.canonical_instances(example["instance"])}
+
+
 class _Scale(grain.transforms.Map):
   """uint8 pixels p -> float32 (p - 127.5) / 127.5 in [-1, 1]; labels -> int32; dense maps unchanged
   (contiguous, after flips)."""
@@ -289,7 +298,8 @@ def make_loader(
   Batches are ``{"image": float32 (batch_size_per_process, S, S, C) in [-1, 1], "label": int32
   (batch_size_per_process,)}`` plus the source's dense maps (batch_size_per_process, S, S), with
   S = image_size (the source's fixed size when None; resize_mode 'pad' or 'crop' as in `resize_image`,
-  nearest neighbour for dense maps). Each process reads a disjoint 1/process_count of the records
+  nearest neighbour for dense maps); an "instance" map is renumbered canonically after the resize and
+  flip. Each process reads a disjoint 1/process_count of the records
   (default: this JAX process's share), shuffled by `seed` afresh each epoch; num_epochs None repeats
   forever. Flips depend only on seed and stream position. worker_count 0 transforms in this process,
   > 0 in that many worker processes (batches then differ from worker_count 0, as each worker batches
@@ -328,6 +338,8 @@ def make_loader(
     operations.append(_Resize(image_size, resize_mode))
   if random_flip:
     operations.append(_RandomFlip())
+  if "instance" in source.dense:
+    operations.append(_CanonicalInstances())
   operations += [_Scale(), grain.transforms.Batch(batch_size_per_process, drop_remainder=drop_remainder)]
   return grain.DataLoader(
     data_source=source,
