@@ -28,6 +28,42 @@ class TrainState:
     return cls(jnp.zeros((), jnp.int32), params, tx.init(params), model_state, tx)
 
 
+def kernels_only(params: Any) -> Any:
+  """The weight-decay mask: True on kernels (leaves named ``kernel``: dense, convolution and attention
+  weights), False on biases, norm scales, embeddings, position embeddings and codebooks, as magvit's
+  MaskGIT trainer (``decay_list=['kernel']``) and big_vision (``wd_mults`` ``.*/kernel$``) decay."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def learning_rate_schedule(
+  learning_rate: float, warmup_steps: int, total_steps: int, schedule: str = "cosine"
+) -> optax.Schedule:
+  """The rate of update t = 0 .. total_steps - 1:
+  ``learning_rate * min(1, (t + 1) / warmup_steps) * c(t)``, with c = 1 ('constant') or
+  ``(1 + cos(pi * clip((t - warmup_steps) / (total_steps - warmup_steps), 0, 1))) / 2`` ('cosine').
+
+  No update has rate 0: warm-up reaches lr / warmup_steps at the first step (optax's and big_vision's
+  start at exactly 0, a wasted step), warmup_steps = 0 means the full rate from the first step, and the
+  cosine reaches 0 only at t = total_steps, one past the last update.
+  """
+  if learning_rate <= 0:
+    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+  if not 0 <= warmup_steps <= total_steps:
+    raise ValueError(f"warmup_steps must be in [0, total_steps = {total_steps}], got {warmup_steps}")
+  if schedule not in ("cosine", "constant"):
+    raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+
+  def rate(count: jax.Array) -> jax.Array:
+    t = jnp.asarray(count, jnp.float32)
+    lr = learning_rate * jnp.minimum(1.0, (t + 1) / max(warmup_steps, 1))
+    if schedule == "cosine":
+      progress = jnp.clip((t - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+      lr = lr * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+    return lr
+
+  return rate
+
+
 def make_optimizer(
   learning_rate: float,
   warmup_steps: int,
@@ -38,27 +74,11 @@ def make_optimizer(
   grad_clip_norm: float | None = 1.0,
   schedule: str = "cosine",
 ) -> optax.GradientTransformation:
-  """Adam(W) with linear warm-up then a cosine or constant schedule, and optional global-norm clipping."""
-  if learning_rate <= 0:
-    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-  if not 0 <= warmup_steps <= total_steps:
-    raise ValueError(f"warmup_steps must be in [0, total_steps = {total_steps}], got {warmup_steps}")
-  if schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1, 2)
-    )
-  elif schedule == "constant":
-    lr = optax.join_schedules(
-      [
-        optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
-        optax.constant_schedule(learning_rate),
-      ],
-      [max(warmup_steps, 1)],
-    )
-  else:
-    raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+  """Adam(W) at ``learning_rate_schedule``, decoupled weight decay on kernels only (``kernels_only``;
+  optax multiplies it by the rate), and optional global-norm clipping of the gradients first."""
+  lr = learning_rate_schedule(learning_rate, warmup_steps, total_steps, schedule)
   parts = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
-  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay))
+  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=kernels_only))
   return optax.chain(*parts)
 
 
