@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.045
     c.optimizer.warmup_steps = 5000 if run != "cpu" else 100
     c.optimizer.schedule = "cosine"
-    c.optimizer.grad_clip_norm = 0.0
+    c.optimizer.grad_clip_norm = 1.0  # magvit's MaskGIT trainer clips at 1.0; MaskGIT's config is silent
 
   c.transformer = ml_collections.ConfigDict()
   big = run != "cpu"

@@ -46,6 +46,7 @@ def test_imagenet256_stage_two_matches_the_paper(quantizer, guidance):
   assert (t.label_smoothing, t.min_mask_ratio, t.label_drop_rate, t.num_classes) == (0.1, 0.45, 0.1, 1000)
   o = c.optimizer
   assert (o.b1, o.b2, o.learning_rate, o.warmup_steps, o.weight_decay) == (0.9, 0.96, 1e-4, 5000, 0.045)
+  assert (o.schedule, o.grad_clip_norm) == ("cosine", 1.0)  # magvit's trainer (MaskGIT's config: constant)
   assert (c.batch_size, c.num_train_steps) == (256, 2_500_000)
   assert (c.sampling.num_steps, c.sampling.choice_temperature, c.sampling.guidance_scale) == (
     12,

@@ -181,3 +181,13 @@ def test_small_transformer_ties_output_to_embeddings_and_drops_out_only_in_train
   grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, tokens)[0, 0, 7]))(params)
   assert float(jnp.abs(grads["token_embedding"]["embedding"][7]).sum()) > 0
   np.testing.assert_array_equal(grads["output_bias"], np.eye(20)[7])
+  # MaskGIT's init: kernels and embeddings from a normal of std 0.02 truncated at +-2 std (std 0.0176).
+  weights = [
+    np.asarray(leaf).ravel()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    if path[-1].key in ("kernel", "embedding", "position_embedding")
+  ]
+  weights = np.concatenate(weights)
+  assert weights.size > 15_000 and np.abs(weights).max() <= 0.04
+  truncated_std = 0.02 * np.sqrt(1 - 4 * np.exp(-2) / np.sqrt(2 * np.pi) / (2 * 0.4772498680518208))
+  assert abs(weights.std() / truncated_std - 1) < 0.03

@@ -43,7 +43,9 @@ def test_masked_loss_matches_numpy_label_smoothed_cross_entropy_on_masked_positi
   log_p = log_p - np.log(np.exp(log_p).sum(-1, keepdims=True))
   target = np.full((3, 256, 1000), 0.1 / 1000) + 0.9 * np.eye(1000)[np.asarray(tokens)]
   per_token = -(target * log_p).sum(-1)
-  np.testing.assert_allclose(loss, per_token[masked].mean(), rtol=1e-4)
+  per_example = (per_token * masked).sum(-1) / masked.sum(-1)  # MaskGIT: each example's mean, not pooled
+  np.testing.assert_allclose(loss, per_example, rtol=1e-4)
+  assert not np.isclose(per_example.mean(), per_token[masked].mean(), rtol=1e-6)
   assert masked.sum(-1).min() >= 116  # ceil(0.45 * 256)
 
 

@@ -1,10 +1,12 @@
 """MaskGIT's class-conditional bidirectional transformer: post-LN BERT with a tied output layer.
 
 Input: (B, 1 + S) token ids, the class token at position 0 and S image tokens (mask id where masked).
-Token and position embeddings (init normal 0.02) are summed, layer-normalised and passed through
+Token and position embeddings are summed, layer-normalised and passed through
 ``num_layers`` post-LN blocks (x = LN(x + Attention(x)), x = LN(x + MLP(x)), GELU MLP); the output head is
 Dense + GELU + LN followed by a product with the token embedding matrix plus a bias (weights tied to the
-input embeddings). Paper size: 24 layers, hidden 768, 16 heads, MLP 3072, dropout 0.1.
+input embeddings). Paper size: 24 layers, hidden 768, 16 heads, MLP 3072, dropout 0.1. Embeddings, position
+embeddings, attention and dense kernels start as MaskGIT's: a normal of std 0.02 truncated at 2 std
+(actual std about 0.0176).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class PostLNBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    init = nn.initializers.normal(self.init_std)
+    init = nn.initializers.truncated_normal(self.init_std)
     attention = nn.MultiHeadDotProductAttention(
       num_heads=self.num_heads,
       kernel_init=init,
@@ -50,7 +52,7 @@ class BidirectionalTransformer(nn.Module):
     vocab_size: codebook size + number of classes + 1 (the mask token).
     seq_len: L, the class token plus the image tokens.
     hidden: width; num_layers, num_heads, mlp_dim: the blocks; dropout: rate in training;
-    init_std: standard deviation of every initial weight.
+    init_std: the untruncated standard deviation of every initial weight (truncated at +-2 of it).
   """
 
   vocab_size: int
@@ -70,7 +72,7 @@ class BidirectionalTransformer(nn.Module):
     )
     if self.hidden % self.num_heads:
       raise ValueError(f"hidden = {self.hidden} must be divisible by num_heads = {self.num_heads}")
-    init = nn.initializers.normal(self.init_std)
+    init = nn.initializers.truncated_normal(self.init_std)
     embed = nn.Embed(self.vocab_size, self.hidden, embedding_init=init, name="token_embedding")
     positions = self.param("position_embedding", init, (1, self.seq_len, self.hidden))
     x = embed(tokens) + positions

@@ -79,7 +79,9 @@ class MaskGITTask:
     return TrainState.create(params, {}, self.optimizer)
 
   def masked_loss(self, params, tokens, labels, rng, train: bool):
-    """Label-smoothed cross-entropy over masked positions; returns (loss, masked accuracy)."""
+    """Per example (B,): the label-smoothed cross-entropy averaged over its masked positions, and its
+    masked-token accuracy. Each example weighs the same whatever its masking ratio, as MaskGIT's loss
+    helper (``sum(loss * w, -1) / sum(w, -1)``, then the batch mean)."""
     mask_rng, drop_rng, dropout_rng = jax.random.split(rng, 3)
     masked = training_mask(mask_rng, tokens.shape[0], tokens.shape[1], self.min_mask_ratio)
     if train:
@@ -90,8 +92,9 @@ class MaskGITTask:
     targets = optax.smooth_labels(jax.nn.one_hot(tokens, self.vocab.codebook_size), self.label_smoothing)
     per_token = optax.softmax_cross_entropy(logits, targets)
     weights = masked.astype(jnp.float32)
-    loss = jnp.sum(per_token * weights) / jnp.sum(weights)
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == tokens) * weights) / jnp.sum(weights)
+    count = jnp.sum(weights, -1)
+    loss = jnp.sum(per_token * weights, -1) / count
+    accuracy = jnp.sum((jnp.argmax(logits, -1) == tokens) * weights, -1) / count
     return loss, accuracy
 
   def train_step(self, state: TrainState, batch: dict, rng: jax.Array, constants: dict):
@@ -99,7 +102,7 @@ class MaskGITTask:
 
     def loss_fn(params, model_state, batch, rng):
       loss, accuracy = self.masked_loss(params, tokens, batch["label"], rng, train=True)
-      return loss, ({"masked_accuracy": accuracy}, model_state)
+      return jnp.mean(loss), ({"masked_accuracy": jnp.mean(accuracy)}, model_state)
 
     return apply_gradients(state, loss_fn, batch, rng)
 
@@ -109,8 +112,8 @@ class MaskGITTask:
     loss, accuracy = self.masked_loss(state.params, tokens, batch["label"], jax.random.key(0), train=False)
     count = jnp.sum(batch["mask"])
     return {
-      "loss_sum": loss * count,
-      "accuracy_sum": accuracy * count,
+      "loss_sum": jnp.sum(loss * batch["mask"]),
+      "accuracy_sum": jnp.sum(accuracy * batch["mask"]),
       "count": count,
       "code_counts": code_counts(tokens, self.vocab.codebook_size, 1, weights=batch["mask"]),
     }
