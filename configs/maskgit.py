@@ -24,6 +24,7 @@ import ml_collections
 
 from configs.autoencoder import get_config as autoencoder_config
 from configs.autoencoder import parse_arg, parse_levels
+from fsq.models.discriminator import maskgit_widths
 from fsq.quantizers import levels_for_codebook_size
 
 RUNS = {
@@ -80,8 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.gan.r1_weight = 10.0
   c.gan.disc_start_step = 0 if run != "cpu" else 200
   c.gan.ema_decay = 0.999 if run != "cpu" else 0.99
-  c.gan.disc_filters = 128 if run != "cpu" else 16
-  c.gan.disc_channel_multipliers = (1, 2, 4, 4, 4, 4) if run != "cpu" else (1, 2, 2)
+  # MaskGIT's discriminator follows the image size (fsq.models.discriminator.maskgit_widths).
+  disc = maskgit_widths(r["image_size"]) if run != "cpu" else (16, (1, 2, 2))
+  c.gan.disc_filters, c.gan.disc_channel_multipliers = disc
 
   if stage == "tokenizer":
     c.optimizer.learning_rate = 1e-4 if run != "cpu" else 1e-3

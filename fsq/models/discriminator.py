@@ -3,7 +3,8 @@
 Images (B, H, W, C) in [-1, 1] -> logits (B,). A 3x3 stem, then per entry of ``channel_multipliers`` a
 residual block (two 3x3 convolutions with leaky ReLU, the second after a [1, 3, 3, 1] blur and a 2x
 downsample; the shortcut blurs, downsamples and projects; the sum is scaled by 1/sqrt(2)), a final
-3x3 convolution, and two dense layers.
+3x3 convolution, and two dense layers. Every kernel starts xavier-uniform, as MaskGIT's (biases zero).
+``maskgit_widths`` gives MaskGIT's widths and depth for an image size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_INIT = nn.initializers.xavier_uniform()
 _BLUR = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]) / 64.0
+
+
+def maskgit_widths(image_size: int) -> tuple[int, tuple[int, ...]]:
+  """MaskGIT's discriminator for ``image_size`` (a power of two, 8 to 1024) as (filters,
+  channel_multipliers): StyleGAN2's width table (512 down to 32 px, then 256, 128, 64, 32, 16 at 64 ... 1024
+  px) read at the input size for the stem and at each block's output size, with log2(image_size) - 2
+  blocks, so that the last one ends at 4 x 4. 128 px: stem 128, blocks 256, 512, 512, 512, 512; 256 px:
+  stem 64, blocks 128, 256, 512, 512, 512, 512."""
+  table = {4: 512, 8: 512, 16: 512, 32: 512, 64: 256, 128: 128, 256: 64, 512: 32, 1024: 16}
+  if image_size not in table or image_size < 8:
+    raise ValueError(f"image_size must be a power of two from 8 to 1024, got {image_size}")
+  stem = table[image_size]
+  blocks = [table[image_size >> k] for k in range(1, int(np.log2(image_size)) - 1)]
+  return stem, tuple(width // stem for width in blocks)
 
 
 def blur_downsample(x: jax.Array) -> jax.Array:
@@ -32,9 +48,11 @@ class DownBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.leaky_relu(nn.Conv(x.shape[-1], (3, 3))(x), 0.2)
-    h = nn.leaky_relu(nn.Conv(self.features, (3, 3))(blur_downsample(h)), 0.2)
-    skip = nn.Conv(self.features, (1, 1), use_bias=False, name="shortcut")(blur_downsample(x))
+    h = nn.leaky_relu(nn.Conv(x.shape[-1], (3, 3), kernel_init=_INIT)(x), 0.2)
+    h = nn.leaky_relu(nn.Conv(self.features, (3, 3), kernel_init=_INIT)(blur_downsample(h)), 0.2)
+    skip = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=_INIT, name="shortcut")(
+      blur_downsample(x)
+    )
     return (h + skip) / np.sqrt(2.0)
 
 
@@ -50,9 +68,10 @@ class Discriminator(nn.Module):
     assert x.ndim == 4 and x.shape[1] % factor == 0 and x.shape[2] % factor == 0, (
       f"expected (B, H, W, C) with H, W divisible by {factor}, got {x.shape}"
     )
-    h = nn.leaky_relu(nn.Conv(self.filters, (3, 3), name="stem")(x), 0.2)
+    h = nn.leaky_relu(nn.Conv(self.filters, (3, 3), kernel_init=_INIT, name="stem")(x), 0.2)
     for multiplier in self.channel_multipliers:
       h = DownBlock(self.filters * multiplier)(h)
-    h = nn.leaky_relu(nn.Conv(self.filters * self.channel_multipliers[-1], (3, 3))(h), 0.2)
-    h = nn.leaky_relu(nn.Dense(self.filters * self.channel_multipliers[-1])(h.reshape(h.shape[0], -1)), 0.2)
-    return nn.Dense(1)(h)[:, 0]
+    last = self.filters * self.channel_multipliers[-1]
+    h = nn.leaky_relu(nn.Conv(last, (3, 3), kernel_init=_INIT)(h), 0.2)
+    h = nn.leaky_relu(nn.Dense(last, kernel_init=_INIT)(h.reshape(h.shape[0], -1)), 0.2)
+    return nn.Dense(1, kernel_init=_INIT)(h)[:, 0]
