@@ -5,9 +5,11 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs.maskgit import get_config
+from fsq.data.pipeline import _Scale
 from fsq.tasks import TASKS, build_maskgit_task, build_task
 from fsq.train.validate import MODEL_CHECKS, validate_config
 
@@ -26,7 +28,7 @@ def test_imagenet256_stage_one_matches_the_paper(quantizer):
   )
   assert c.model.norm_groups == 32 and not c.model.maskgit_shortcut_quirk
   g = c.gan
-  assert (g.perceptual_weight, g.adversarial_weight, g.r1_weight, g.ema_decay) == (0.1, 0.1, 10.0, 0.999)
+  assert (g.perceptual_weight, g.adversarial_weight, g.ema_decay) == (0.1, 0.1, 0.999)
   assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.learning_rate) == (0.0, 0.99, 1e-4)
   quantizer_module = build_task(c).model.quantizer
   if quantizer == "fsq":
@@ -35,6 +37,21 @@ def test_imagenet256_stage_one_matches_the_paper(quantizer):
     assert (quantizer_module.codebook_size, quantizer_module.dim) == (1024, 256)
     assert (quantizer_module.commitment_cost, quantizer_module.entropy_loss_weight) == (0.25, 0.1)
     assert quantizer_module.entropy_temperature == 0.01 and quantizer_module.ema_decay is None
+
+
+@pytest.mark.parametrize("run", ["imagenet256", "imagenet128", "cpu"])
+def test_tokenizer_losses_keep_maskgit_balance_at_our_pixel_range(run):
+  """MaskGIT's tokenizer sees [0, 1] with L2 weight 1 and R1 weight 10. Read our pixel range off the
+  input pipeline: for pixels s times as wide, the squared error grows by s^2 and R1 (squared input
+  gradients of an equivalent discriminator) shrinks by s^2, so the weights must be 1 / s^2 and 10 s^2.
+  The perceptual and GAN terms do not depend on the scale: 0.1 each (perceptual off on CPU)."""
+  scaled = _Scale().map({"image": np.array([0, 255], np.uint8), "label": 0})["image"]
+  s = float(scaled[1] - scaled[0])
+  g = get_config(f"stage=tokenizer,run={run}").gan
+  assert g.l2_weight == pytest.approx(1 / s**2) and g.r1_weight == pytest.approx(10 * s**2)
+  assert (g.adversarial_weight, g.perceptual_weight) == (0.1, 0.1 if run != "cpu" else 0.0)
+  task = build_task(get_config(f"stage=tokenizer,run={run}"))
+  assert (task.l2_weight, task.r1_weight) == (g.l2_weight, g.r1_weight)
 
 
 @pytest.mark.parametrize("quantizer,guidance", [("fsq", 0.2), ("vq", 0.1)])

@@ -341,10 +341,7 @@ def test_instance_ids_are_canonical_after_the_flip_whatever_order_the_objects_we
   drawn = [scenes.render(s, 32) for s in (scene, dataclasses.replace(scene, things=scene.things[::-1]))]
   assert len(scene.things) > 2 and not np.array_equal(drawn[0]["instance"], drawn[1]["instance"])
   np.testing.assert_array_equal(drawn[0]["image"], drawn[1]["image"])
-  examples = [
-    {"image": d["image"], "semantic": d["semantic"], "instance": d["instance"]}
-    for d in drawn * 8
-  ]
+  examples = [{"image": d["image"], "semantic": d["semantic"], "instance": d["instance"]} for d in drawn * 8]
   source = pipeline.ImageSource(examples, (32, 32, 3), ("semantic", "instance"))
   (batch,) = make(source, batch_size_per_process=16, random_flip=True, seed=1)
   image, instance = drawn[0]["image"], drawn[0]["instance"]

@@ -49,7 +49,7 @@ def test_gan_step_updates_only_what_it_should(tfds_data_dir):
 def test_without_perceptual_and_gan_terms_the_generator_step_is_the_autoencoder_step(tfds_data_dir):
   config = tiny_config(tfds_data_dir)
   images = jax.random.uniform(jax.random.key(3), (8, 32, 32, 1), minval=-1, maxval=1)
-  task = make_task(config, perceptual_weight=0.0, adversarial_weight=0.0)
+  task = make_task(config, l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.0)
   plain = AutoencoderTask(task.model, task.optimizer)
   gan_state = jax.jit(task.init)(jax.random.key(4), {"image": images})
   plain_state = jax.jit(plain.init)(jax.random.key(4), {"image": images})

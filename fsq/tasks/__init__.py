@@ -109,6 +109,7 @@ def build_tokenizer_task(config: ml_collections.ConfigDict) -> TokenizerTask:
     optimizer=build_optimizer(config),
     discriminator=Discriminator(g.disc_filters, tuple(g.disc_channel_multipliers)),
     disc_optimizer=build_optimizer(config),
+    l2_weight=g.l2_weight,
     perceptual_weight=g.perceptual_weight,
     adversarial_weight=g.adversarial_weight,
     r1_weight=g.r1_weight,

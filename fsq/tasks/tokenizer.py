@@ -1,10 +1,11 @@
 """The VQGAN tokenizer task (MaskGIT stage I): reconstruction, LPIPS and GAN losses, R1, parameter EMA.
 
-Each step updates the autoencoder (generator) on ``L2 + perceptual_weight * LPIPS + adversarial_weight *
-non-saturating GAN + quantizer loss`` with the current discriminator, then the discriminator on the
-logistic loss of real images against the (fixed) reconstructions plus ``r1_weight * R1``. Before
-``disc_start_step`` the GAN term is off and the discriminator and its optimizer state stay untouched.
-Evaluation and reconstructions use the exponential moving average of the generator's parameters.
+Each step updates the autoencoder (generator) on ``l2_weight * L2 + perceptual_weight * LPIPS +
+adversarial_weight * non-saturating GAN + quantizer loss`` with the current discriminator, then the
+discriminator on the logistic loss of real images against the (fixed) reconstructions plus
+``r1_weight * R1``. Before ``disc_start_step`` the GAN term is off and the discriminator and its optimizer
+state stay untouched. Evaluation and reconstructions use the exponential moving average of the
+generator's parameters.
 """
 
 from __future__ import annotations
@@ -41,14 +42,21 @@ class GANState:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerTask(AutoencoderTask):
-  """Stage I of MaskGIT. Defaults follow MaskGIT: perceptual 0.1, adversarial 0.1, R1 10, EMA 0.999; its
-  optimizers are Adam(b1=0, b2=0.99) at 1e-4 for both networks."""
+  """Stage I of MaskGIT, on images in [-1, 1].
+
+  MaskGIT's tokenizer sees pixels in [0, 1] with weights L2 1, perceptual 0.1, adversarial 0.1, R1 10.
+  Pixels here span twice that range, so the squared error is 4x larger and the discriminator's input
+  gradients 2x smaller (R1 4x smaller) for the same images; the defaults L2 0.25 and R1 40 give MaskGIT's
+  balance (the perceptual and GAN terms do not depend on the pixel scale). EMA 0.999; both optimizers
+  are Adam(b1=0, b2=0.99) at 1e-4 in MaskGIT.
+  """
 
   discriminator: Discriminator
   disc_optimizer: optax.GradientTransformation
+  l2_weight: float = 0.25
   perceptual_weight: float = 0.1
   adversarial_weight: float = 0.1
-  r1_weight: float = 10.0
+  r1_weight: float = 40.0
   disc_start_step: int = 0
   ema_decay: float = 0.999
 
@@ -103,7 +111,7 @@ class TokenizerTask(AutoencoderTask):
         else 0.0
       )
       loss = (
-        l2
+        self.l2_weight * l2
         + self.perceptual_weight * perceptual
         + jnp.where(gan_on, self.adversarial_weight, 0.0) * adversarial
         + aux.get("loss", 0.0)
