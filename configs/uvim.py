@@ -21,9 +21,9 @@ Facts from big_vision ``configs/proj/uvim/{vqvae,train}_*`` (tests/test_uvim_tas
   wd 4e-5, 100 epochs of ImageNet train[4096:].
 * Stage II (depth and panoptic configs): VTT large (24 layers, 16 heads, MLP 4096, width 1024), patch 16,
   lr 1e-3 (PAPER.md's 4e-4 is stage I's panoptic/colorization value; the stage II configs say 1e-3), wd 1e-6,
-  batch 512, cosine, 4k warm-up, no clipping; depth 50 epochs, panoptic 200 epochs. (The encoder's
-  lr multiplier 0.1 and its ImageNet-21k initialisation are not reproduced.) Colorization stage II is
-  not in the files read; it takes the same settings (unverified) with 50 epochs.
+  batch 512, cosine, 4k warm-up, no clipping; depth 50 epochs, panoptic 200 epochs, colorization 50
+  epochs (``train_imagenet2012_colorization_pretrained.py``: the same settings). (The encoder's lr
+  multiplier 0.1 and its ImageNet-21k initialisation are not reproduced.)
 Differences: the optimizer is AdamW(0.9, 0.95) (big_vision: factored adafactor, beta2 capped at 0.95).
 big_vision's decoupled weight decay is multiplied by the schedule but not by the learning rate; optax's
 AdamW multiplies it by the learning rate, so weight_decay = big_vision wd / peak lr here. Epochs become
@@ -104,6 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       task
     ]
     c.data.data_dir = "~/tensorflow_datasets"
+    # big_vision holds out COCO's and ImageNet's first 4096 training images (TRAIN_IMAGES counts the rest).
+    c.data.train_split = "train" if task == "depth" else "train[4096:]"
     c.data.eval_split = "validation"
     # big_vision evaluates all three at resize(512): 512 x 512, aspect ratio not kept. (Its training
     # pipelines take random inception-style crops first, not reproduced.)

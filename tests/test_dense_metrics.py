@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from fsq.data.dense_targets import NYU_EVAL_CROP
 from fsq.evals import dense_metrics
 
 # Classes: 0 void, 1 and 2 things, 3 stuff.
@@ -141,6 +142,13 @@ def test_depth_crop():
   assert res["rmse"] == pytest.approx(math.sqrt(9 / 6))
   nyu = _depth(crop=dense_metrics.NYU_EIGEN_CROP).update(np.ones((480, 640)), np.ones((480, 640))).result()
   assert nyu["num_pixels"] == 426 * 560 and nyu["rmse"] == 0.0
+  # The default is big_vision's crop, the one the data adapter cuts: rows 54:480, columns 41:601.
+  frame = np.ones((480, 640))
+  frame[54:480, 41:601] = 2.0
+  default = dense_metrics.DepthMetrics().update(np.full((480, 640), 2.0), frame).result()
+  assert default["num_pixels"] == 426 * 560 and default["rmse"] == 0.0
+  crop = dense_metrics.NYU_EVAL_CROP
+  assert (slice(crop[0], crop[1]), slice(crop[2], crop[3])) == NYU_EVAL_CROP
   with pytest.raises(ValueError, match="does not fit"):
     _depth(crop=dense_metrics.NYU_EIGEN_CROP).update(np.ones((426, 560)), np.ones((426, 560)))
 

@@ -41,7 +41,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-# Eigen et al.'s evaluation crop of NYU Depth v2's 480x640 images: rows 45:471, columns 41:601 (426x560).
+# The crop the paper's numbers use: big_vision's ``nyu_eval_crop`` of NYU Depth v2's 480x640 images, rows
+# 54:480, columns 41:601 (426x560), as ``fsq.data.dense_targets.NYU_EVAL_CROP`` cuts the evaluation splits.
+NYU_EVAL_CROP = (54, 480, 41, 601)
+# Eigen et al.'s crop, common elsewhere in the depth literature: rows 45:471, the same columns and size.
 NYU_EIGEN_CROP = (45, 471, 41, 601)
 
 _DELTA_ORDERS = (1, 2, 3)
@@ -210,8 +213,8 @@ class DepthMetrics:
   Args:
     min_depth, max_depth: a pixel is valid when ``min_depth < gt < max_depth`` (NYU: 1e-3 and 10).
     crop: (top, bottom, left, right): only rows top:bottom and columns left:right are evaluated;
-      ``NYU_EIGEN_CROP`` for full 480x640 NYU images, None to evaluate the whole image (big_vision's
-      UViM pipeline crops the ground truth to 426x560 beforehand, and evaluates it whole).
+      ``NYU_EVAL_CROP`` (big_vision's, the default) for full 480x640 NYU images, None to evaluate the
+      whole image, as the training loop does on maps the data adapter has already cut to that crop.
     per_image: True (big_vision's UViM evaluator): each metric is computed per image over its valid
       pixels, then averaged over images (images without a valid pixel are skipped, where big_vision
       would report NaN). False: computed once over the valid pixels of all images together.
@@ -230,7 +233,7 @@ class DepthMetrics:
     self,
     min_depth: float = 1e-3,
     max_depth: float = 10.0,
-    crop: tuple[int, int, int, int] | None = NYU_EIGEN_CROP,
+    crop: tuple[int, int, int, int] | None = NYU_EVAL_CROP,
     per_image: bool = True,
   ):
     if not min_depth < max_depth:
