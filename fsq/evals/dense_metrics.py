@@ -12,7 +12,9 @@ that big_vision's UViM evaluator calls) computes it, from UViM's two-channel out
   ``void_label`` belong to no segment. A segment is the set of pixels sharing one (class, instance id)
   identity, connected or not; for stuff classes the instance id is ignored (one segment per class per
   image). For thing classes every instance id, 0 included, names a segment. (panopticapi's two-channel
-  converter that big_vision uses splits stuff by instance id too; UViM predicts instance 0 for stuff.)
+  converter that big_vision uses splits stuff by instance id too, and big_vision's COCO gives every
+  segment, stuff included, its own instance id: one segment per class is the standard panoptic format
+  for stuff, and more lenient than big_vision's scoring.)
 * A predicted and a ground-truth (GT) segment of the same class match when IoU > 0.5 (so a match is
   unique). The union excludes the predicted segment's pixels on GT void:
   ``IoU = |P & G| / (|P| + |G| - |P & G| - |P & void_gt|)``.
