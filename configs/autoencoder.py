@@ -95,6 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip_norm = 1.0
   c.optimizer.schedule = "cosine"
+  c.optimizer.lr_multipliers = ()  # ((regex over parameter paths, factor), ...): see fsq.train.state
 
   # Devices on each axis (-1: the rest); parameters of at least fsdp_min_size elements are sharded over fsdp.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, fsdp_min_size=2**18))

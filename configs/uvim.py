@@ -22,8 +22,9 @@ Facts from big_vision ``configs/proj/uvim/{vqvae,train}_*`` (tests/test_uvim_tas
 * Stage II (depth and panoptic configs): VTT large (24 layers, 16 heads, MLP 4096, width 1024), patch 16,
   lr 1e-3 (PAPER.md's 4e-4 is stage I's panoptic/colorization value; the stage II configs say 1e-3), wd 1e-6,
   batch 512, cosine, 4k warm-up, no clipping; depth 50 epochs, panoptic 200 epochs, colorization 50
-  epochs (``train_imagenet2012_colorization_pretrained.py``: the same settings). (The encoder's lr
-  multiplier 0.1 and its ImageNet-21k initialisation are not reproduced.)
+  epochs (``train_imagenet2012_colorization_pretrained.py``: the same settings). The image encoder starts
+  from the ImageNet-21k ViT-L/16 (``vtt.encoder_init``, a file to copy from gs://vit_models/augreg/) and
+  trains at 0.1 of the learning rate (``optimizer.lr_multipliers``).
 Differences: the optimizer is AdamW(0.9, 0.95) (big_vision: factored adafactor, beta2 capped at 0.95).
 big_vision's decoupled weight decay is multiplied by the schedule but not by the learning rate; optax's
 AdamW multiplies it by the learning rate, so weight_decay = big_vision wd / peak lr here. Epochs become
@@ -52,6 +53,8 @@ PAPER_STAGE_ONE = {
   "colorization": (4e-4, 4e-5, 100),
 }
 PAPER_STAGE_TWO = {"depth": (1e-3, 1e-6, 50), "panoptic": (1e-3, 1e-6, 200), "colorization": (1e-3, 1e-6, 50)}
+# The ImageNet-21k ViT-L/16 of "How to train your ViT" that big_vision calls howto-i21k-L/16.
+VIT_L16_I21K = "L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0.npz"
 SCENES_MAX_DEPTH = 12.0  # scene z-depths lie in about [1.5, 10.8] m
 
 
@@ -140,6 +143,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.vtt.mlp_dim = 4096 if paper else 256
   c.vtt.patch_size = 16 if paper else 8
   c.vtt.dropout = 0.0
+  # big_vision's model_init {"encoder": "howto-i21k-L/16"}: copy gs://vit_models/augreg/VIT_L16_I21K here.
+  c.vtt.encoder_init = f"~/vit_checkpoints/{VIT_L16_I21K}" if paper else ""
 
   o = c.optimizer
   o.b1, o.b2, o.schedule = 0.9, 0.95, "cosine"
@@ -149,6 +154,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_train_steps = _steps(task, epochs, c.batch_size)
     o.learning_rate, o.weight_decay, o.warmup_steps = lr, wd / lr, 4000
     o.grad_clip_norm = 1.0 if stage == "oracle" else 0.0
+    # big_vision's lr_mults: the pretrained encoder (patch embedding, position embedding, blocks) at 0.1.
+    o.lr_multipliers = () if stage == "oracle" else (("encoder/.*", 0.1),)
     c.eval_every_steps, c.checkpoint_every_steps, c.log_every_steps = 2000, 1000, 50
   else:
     c.batch_size = 16

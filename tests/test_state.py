@@ -73,3 +73,21 @@ def test_bad_schedules_are_named():
     learning_rate_schedule(1.0, 11, 10)
   with pytest.raises(ValueError, match="schedule must be 'cosine' or 'constant', got 'linear'"):
     learning_rate_schedule(1.0, 0, 10, "linear")
+
+
+def test_learning_rate_multipliers_scale_the_whole_update_of_the_matching_parameters():
+  """big_vision's lr_mults: the Dense layer's update (Adam step and decay) at 0.1, everything else as is."""
+  params = _params()
+  grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.3, params)
+  plain = make_optimizer(0.1, 0, 8, weight_decay=0.5)
+  scaled = make_optimizer(
+    0.1, 0, 8, weight_decay=0.5, lr_multipliers=(("Dense_0/.*", 0.1), ("Dense_.*", 5.0))
+  )
+  reference, _ = plain.update(grads, plain.init(params), params)
+  updates, _ = scaled.update(grads, scaled.init(params), params)
+  for path, u in jax.tree_util.tree_leaves_with_path(updates):
+    r = reference
+    for key in path:
+      r = r[key.key]
+    factor = 0.1 if path[0].key == "Dense_0" else 1.0  # the first matching pattern wins
+    np.testing.assert_allclose(u, factor * np.asarray(r), rtol=1e-6)

@@ -1,5 +1,6 @@
 """UViM tasks: representations and losses against numpy, both stages through the loop, the configs."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -27,6 +28,7 @@ from fsq.tasks.uvim_outputs import (
   panoptic_loss,
   panoptic_stats,
 )
+from fsq.train.checkpoint import restore_on_one_device
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
 from tests.helpers import inception_pool, patched
@@ -218,6 +220,42 @@ def test_stage_one_depth_trains_and_evaluates(scenes_dir, tmp_path):
   assert (tmp_path / "images" / "eval_oracle_00000002.png").exists()
 
 
+def _flat(tree, prefix=""):
+  """A parameter tree as big_vision saves it: one array per "/"-joined path."""
+  out = {}
+  for name, value in tree.items():
+    out.update(_flat(value, f"{prefix}{name}/") if isinstance(value, dict) else {f"{prefix}{name}": value})
+  return out
+
+
+def _stage_two_encoder_checkpoint(config, path, seed):
+  """Writes the image encoder of a freshly initialised stage II VTT as a big_vision ``.npz``."""
+  task = build_uvim_stage_two_task(config, stage_one_variables={})
+  init = jax.jit(task.init)(jax.random.key(seed), {"image": jnp.zeros((2, 64, 64, 3))})
+  encoder = jax.device_get(init.params["encoder"])
+  np.savez(path, **_flat(encoder))
+  return task, encoder
+
+
+def test_stage_two_encoder_starts_from_a_big_vision_checkpoint_and_trains_at_a_tenth(scenes_dir, tmp_path):
+  config = tiny_config(scenes_dir, "stage=lm,task=panoptic,quantizer=vq")
+  task, encoder = _stage_two_encoder_checkpoint(config, tmp_path / "vit.npz", seed=1)
+  task = dataclasses.replace(task, encoder_init=str(tmp_path / "vit.npz"))
+  state = jax.jit(task.init)(jax.random.key(0), {"image": jnp.zeros((2, 64, 64, 3))})
+  pretrained = task.pretrained(jax.eval_shape(lambda: state.params))
+  started = jax.jit(task.with_pretrained)(state, pretrained)
+  for a, b in zip(jax.tree.leaves(started.params["encoder"]), jax.tree.leaves(encoder), strict=True):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(
+    jax.tree.leaves(started.params["decoder"]), jax.tree.leaves(state.params["decoder"]), strict=True
+  ):
+    np.testing.assert_array_equal(a, b)
+  assert dataclasses.replace(task, encoder_init="").pretrained(state.params) is None
+  paper = get_config("stage=lm,task=depth,quantizer=fsq,run=paper")
+  assert paper.vtt.encoder_init.endswith("L_16-i21k-300ep-lr_0.001-aug_strong1-wd_0.1-do_0.0-sd_0.0.npz")
+  assert tuple(map(tuple, paper.optimizer.lr_multipliers)) == (("encoder/.*", 0.1),)
+
+
 @pytest.mark.slow
 def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
   config = tiny_config(scenes_dir, "stage=oracle,task=panoptic,quantizer=vq")
@@ -225,10 +263,24 @@ def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
   assert 0 <= final["pq/all_pq"] <= 1 and final["codebook/count"] == 4 * 4 * 4
   config_two = tiny_config(scenes_dir, "stage=lm,task=panoptic,quantizer=vq")
   config_two.tokenizer_workdir = str(tmp_path / "one")
+  # The image encoder starts from a checkpoint in big_vision's layout, trained at 0.1 of the rate.
+  _, encoder = _stage_two_encoder_checkpoint(config_two, tmp_path / "vit.npz", seed=7)
+  _, own_init = _stage_two_encoder_checkpoint(config_two, tmp_path / "own.npz", seed=config_two.seed)
+  config_two.vtt.encoder_init = str(tmp_path / "vit.npz")
+  config_two.optimizer.lr_multipliers = (("encoder/.*", 0.1),)
   final_two = train_and_evaluate(config_two, tmp_path / "two")
   assert final_two == _final_metrics(tmp_path / "two")
   assert np.isfinite(final_two["code_loss"]) and 0 <= final_two["pq/all_pq"] <= 1
   assert final_two["codebook/count"] == 4 * 16
+
+  def largest_difference(a, b):
+    return max(
+      float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+  trained = restore_on_one_device(tmp_path / "two" / "checkpoints" / "2")["params"]["encoder"]
+  # Two Adam steps at 0.1 x 1e-3 move no weight by more than a few 1e-4; the run's own init is far off.
+  assert 0 < largest_difference(trained, encoder) < 1e-3 < 0.05 < largest_difference(trained, own_init)
 
 
 @pytest.mark.slow

@@ -36,6 +36,7 @@ def build_optimizer(config: ml_collections.ConfigDict):
     o.weight_decay,
     o.grad_clip_norm,
     o.schedule,
+    tuple(tuple(m) for m in o.lr_multipliers),
   )
 
 
@@ -217,7 +218,9 @@ def build_uvim_stage_two_task(
     patch_size=v.patch_size,
     dropout=v.dropout,
   )
-  return UViMStageTwoTask(stage_one, stage_one_variables, representation, vtt, build_optimizer(config))
+  return UViMStageTwoTask(
+    stage_one, stage_one_variables, representation, vtt, build_optimizer(config), v.encoder_init
+  )
 
 
 def build_task(config: ml_collections.ConfigDict):

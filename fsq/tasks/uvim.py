@@ -19,6 +19,7 @@ import optax
 from fsq.metrics import code_counts
 from fsq.models.autoencoder import codebook_shape
 from fsq.models.uvim import UViM
+from fsq.models.vit_checkpoint import vit_params_from_checkpoint
 from fsq.models.vtt import VisionToTextTransformer, generate
 from fsq.tasks.uvim_outputs import Representation, side_by_side
 from fsq.train.state import TrainState, apply_gradients
@@ -117,15 +118,29 @@ class UViMStageTwoTask:
   """Stage II: the VTT predicts the frozen stage I's codes of y from x (teacher forcing, cross-entropy);
   evaluation decodes greedily (``generate``, temperature 0) and scores stage I's ``decode`` of those codes.
   ``stage_one_variables`` are the frozen stage I's variables (parameters and, for VQ, ``vq_stats``).
-  Code counts are of the generated codes."""
+  Code counts are of the generated codes. ``encoder_init``: a big_vision ViT ``.npz`` that the image
+  encoder starts from (UViM: ImageNet-21k ViT-L/16), or "" to train it from scratch."""
 
   stage_one: UViM
   stage_one_variables: dict
   representation: Representation
   model: VisionToTextTransformer
   optimizer: optax.GradientTransformation
+  encoder_init: str = ""
   num_log_images: ClassVar[int] = 8
   image_columns: ClassVar[int] = 2
+
+  def pretrained(self, params) -> dict | None:
+    """The image encoder's parameters from ``encoder_init`` as host arrays shaped like ``params["encoder"]``
+    (``params``: the model's parameters or their shapes), or None without ``encoder_init``."""
+    if not self.encoder_init:
+      return None
+    return vit_params_from_checkpoint(self.encoder_init, params["encoder"])
+
+  def with_pretrained(self, state: TrainState, pretrained: dict) -> TrainState:
+    """``state`` with the image encoder's parameters replaced by ``pretrained`` (a fresh optimizer state)."""
+    params = {**state.params, "encoder": pretrained}
+    return state.replace(params=params, opt_state=self.optimizer.init(params))
 
   @property
   def codebook_shape(self) -> tuple[int, int]:

@@ -129,6 +129,11 @@ def train_and_evaluate(
       lambda r: task.init(r, {"image": jnp.zeros(example["image"].shape)}), out_shardings=shardings
     )
     state, start = init(init_rng), 0
+    # A task may start some parameters from a pretrained checkpoint (host arrays, placed by jit).
+    pretrained = task.pretrained(abstract.params) if hasattr(task, "pretrained") else None
+    if pretrained is not None:
+      state = jax.jit(task.with_pretrained, out_shardings=shardings, donate_argnums=(0,))(state, pretrained)
+      log.info("started from pretrained parameters")
   else:
     state = ckpt.restore(start, checkpoint.abstract_with_shardings(abstract, shardings), train_iter)
     log.info("resumed from step %d", start)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,28 @@ def learning_rate_schedule(
   return rate
 
 
+def path_name(path) -> str:
+  """A tree path as the ``/``-joined names of its keys, e.g. ``encoder/Transformer/encoder_norm/scale``."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def scale_by_multipliers(multipliers: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by the factor of the first (regex, factor) whose regex matches the
+  whole ``path_name`` of the parameter (1 if none does): per-parameter learning-rate multipliers, as
+  big_vision's ``lr_mults`` (UViM's stage II trains its pretrained encoder at 0.1 of the rate)."""
+  patterns = [(re.compile(regex), float(factor)) for regex, factor in multipliers]
+
+  def factor(path) -> float:
+    name = path_name(path)
+    return next((f for pattern, f in patterns if pattern.fullmatch(name)), 1.0)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda path, u: u * factor(path), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(
   learning_rate: float,
   warmup_steps: int,
@@ -73,12 +96,16 @@ def make_optimizer(
   weight_decay: float = 0.0,
   grad_clip_norm: float | None = 1.0,
   schedule: str = "cosine",
+  lr_multipliers: tuple[tuple[str, float], ...] = (),
 ) -> optax.GradientTransformation:
   """Adam(W) at ``learning_rate_schedule``, decoupled weight decay on kernels only (``kernels_only``;
-  optax multiplies it by the rate), and optional global-norm clipping of the gradients first."""
+  optax multiplies it by the rate), optional global-norm clipping of the gradients first, and
+  per-parameter multipliers of the whole update last (``scale_by_multipliers``)."""
   lr = learning_rate_schedule(learning_rate, warmup_steps, total_steps, schedule)
   parts = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
   parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=kernels_only))
+  if lr_multipliers:
+    parts.append(scale_by_multipliers(tuple(lr_multipliers)))
   return optax.chain(*parts)
 
 
