@@ -154,6 +154,18 @@ def test_colorization_grey_input_and_l2_loss():
   outputs = rng.uniform(-1, 1, images.shape)
   got = rep.loss(jnp.asarray(outputs, jnp.float32), {"image": jnp.asarray(images, jnp.float32)})
   np.testing.assert_allclose(got, np.mean((outputs - images) ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  # Metrics over the valid images (the third is padding): mean squared error and big_vision's mean of
+  # per-image PSNRs, peak-to-peak 2; two very different errors, so the mean PSNR is not the PSNR of the mean.
+  outputs = np.stack([images[0] + 0.01, images[1] + 0.5, images[0]])
+  batch = {"image": jnp.asarray(np.stack([images[0], images[1], images[1]]), jnp.float32)}
+  sums = rep.eval_sums(jnp.asarray(outputs, jnp.float32), batch, jnp.asarray([1.0, 1.0, 0.0]))
+  metrics = rep.summarize({**jax.device_get(sums), "count": 2.0})
+  errors = [np.mean((np.clip(outputs[i], -1, 1) - np.asarray(batch["image"][i])) ** 2) for i in (0, 1)]
+  np.testing.assert_allclose(metrics["color/mse"], np.mean(errors), rtol=1e-5)
+  np.testing.assert_allclose(
+    metrics["color/psnr"], np.mean([10 * np.log10(4 / e) for e in errors]), rtol=1e-5
+  )
+  assert abs(metrics["color/psnr"] - 10 * np.log10(4 / np.mean(errors))) > 1
 
 
 def test_jitted_metric_statistics_match_the_numpy_accumulators():

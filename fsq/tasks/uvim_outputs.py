@@ -23,7 +23,8 @@ They follow big_vision's ``big_vision/trainers/proj/uvim/{depth,panoptic,coloriz
 * Colorization: x = the grey image (luma 0.299 R + 0.587 G + 0.114 B, as ``tf.image.rgb_to_grayscale``,
   repeated to 3 channels), y = the colour image in [-1, 1]; output 3 channels; loss = squared error
   averaged over pixels and channels (big_vision); prediction = output clipped to [-1, 1]. Metric here:
-  MSE and PSNR; the paper's FID-5k needs the samples and ``fsq.evals`` (``predict`` is the hook).
+  MSE and the mean per-image PSNR (big_vision); the paper's FID-5k needs the samples and ``fsq.evals``
+  (``predict`` is the hook).
 """
 
 from __future__ import annotations
@@ -360,12 +361,19 @@ class ColorizationRepresentation:
     return jnp.clip(outputs, -1.0, 1.0)
 
   def eval_sums(self, outputs: jax.Array, batch: dict, mask: jax.Array) -> dict[str, jax.Array]:
+    """Sums over the valid images of each image's squared error and PSNR (peak-to-peak 2 in [-1, 1])."""
     per_example = jnp.mean(jnp.square(self.predict(outputs) - batch["image"]), axis=(1, 2, 3))
-    return {"color_squared_error": jnp.sum(per_example * mask)}
+    psnr = 10 * jnp.log10(4.0 / jnp.maximum(per_example, 1e-12))
+    return {"color_squared_error": jnp.sum(per_example * mask), "color_psnr": jnp.sum(psnr * mask)}
 
   def summarize(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
-    mse = float(sums["color_squared_error"] / max(float(sums["count"]), 1.0))
-    return {"color/mse": mse, "color/psnr": float(10 * np.log10(4.0 / max(mse, 1e-12)))}
+    """``color/mse``: the mean squared error; ``color/psnr``: the mean of the images' PSNRs (big_vision's
+    PSNR evaluator), not the PSNR of the mean error."""
+    count = max(float(sums["count"]), 1.0)
+    return {
+      "color/mse": float(sums["color_squared_error"]) / count,
+      "color/psnr": float(sums["color_psnr"]) / count,
+    }
 
   def visualize(self, values: jax.Array) -> jax.Array:
     return values
