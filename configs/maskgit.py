@@ -79,7 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # MaskGIT's weights (L2 1, R1 10) are for pixels in [0, 1]; ours span [-1, 1], twice that, which makes
   # the squared error 4x and R1 1/4 of theirs on the same images: L2 1/4 and R1 4 x 10 restore the balance.
   c.gan.l2_weight = 0.25
-  c.gan.perceptual_weight = 0.1 if run != "cpu" else 0.0  # LPIPS is costly on CPU; a flag turns it on
+  # MaskGIT's perceptual loss: ImageNet ResNet-50 feature maps (fsq.models.resnet); "lpips" for LPIPS-VGG16.
+  c.gan.perceptual = "resnet50"
+  c.gan.perceptual_weight = 0.1 if run != "cpu" else 0.0  # costly on CPU; a flag turns it on
   c.gan.adversarial_weight = 0.1
   c.gan.r1_weight = 40.0
   c.gan.disc_start_step = 0 if run != "cpu" else 200

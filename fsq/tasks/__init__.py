@@ -112,6 +112,7 @@ def build_tokenizer_task(config: ml_collections.ConfigDict) -> TokenizerTask:
     disc_optimizer=build_optimizer(config),
     l2_weight=g.l2_weight,
     perceptual_weight=g.perceptual_weight,
+    perceptual=g.perceptual,
     adversarial_weight=g.adversarial_weight,
     r1_weight=g.r1_weight,
     disc_start_step=g.disc_start_step,

@@ -1,6 +1,8 @@
-"""The VQGAN tokenizer task (MaskGIT stage I): reconstruction, LPIPS and GAN losses, R1, parameter EMA.
+"""The VQGAN tokenizer task (MaskGIT stage I): reconstruction, perceptual and GAN losses, R1, parameter EMA.
 
-Each step updates the autoencoder (generator) on ``l2_weight * L2 + perceptual_weight * LPIPS +
+The perceptual loss is ``perceptual``: "resnet50", MaskGIT's (the squared difference of ImageNet ResNet-50
+feature maps, ``fsq.models.resnet``), or "lpips" (LPIPS-VGG16, ``fsq.models.lpips``). Each step updates
+the autoencoder (generator) on ``l2_weight * L2 + perceptual_weight * perceptual +
 adversarial_weight * non-saturating GAN + quantizer loss`` with the current discriminator, then the
 discriminator on the logistic loss of real images against the (fixed) reconstructions plus
 ``r1_weight * R1``. Before ``disc_start_step`` the GAN term is off and the discriminator and its optimizer
@@ -18,10 +20,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fsq import losses
+from fsq import losses, weights
+from fsq.models import resnet
 from fsq.models.discriminator import Discriminator
 from fsq.models.lpips import LPIPS, pretrained_params
 from fsq.tasks.autoencoder import _SCALAR_AUX, AutoencoderTask
+
+
+def _lpips(params, images, targets):
+  return jnp.mean(LPIPS().apply({"params": params}, images, targets))
+
+
+# name -> (the weights, loaded on the host; loss(weights, images, targets) -> scalar)
+PERCEPTUAL_LOSSES = {
+  "lpips": (pretrained_params, _lpips),
+  "resnet50": (lambda: weights.load("resnet50_imagenet"), resnet.perceptual_loss),
+}
 
 
 @flax.struct.dataclass
@@ -59,10 +73,15 @@ class TokenizerTask(AutoencoderTask):
   r1_weight: float = 40.0
   disc_start_step: int = 0
   ema_decay: float = 0.999
+  perceptual: str = "lpips"
+
+  def __post_init__(self):
+    if self.perceptual not in PERCEPTUAL_LOSSES:
+      raise ValueError(f"perceptual must be one of {tuple(PERCEPTUAL_LOSSES)}, got {self.perceptual!r}")
 
   def constants(self) -> dict:
-    """LPIPS weights (fetched by scripts/fetch_weights.py) when the perceptual loss is on."""
-    return {"lpips": pretrained_params()} if self.perceptual_weight else {}
+    """The perceptual network's weights (fetched by scripts/fetch_weights.py) when its loss is on."""
+    return {"perceptual": PERCEPTUAL_LOSSES[self.perceptual][0]()} if self.perceptual_weight else {}
 
   def init(self, rng: jax.Array, batch: dict) -> GANState:
     generator_rng, disc_rng = jax.random.split(rng)
@@ -101,7 +120,7 @@ class TokenizerTask(AutoencoderTask):
       recon = recon.astype(jnp.float32)
       l2 = jnp.mean(jnp.square(recon - images))
       perceptual = (
-        jnp.mean(LPIPS().apply({"params": constants["lpips"]}, recon, images))
+        PERCEPTUAL_LOSSES[self.perceptual][1](constants["perceptual"], recon, images)
         if self.perceptual_weight
         else 0.0
       )
