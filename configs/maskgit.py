@@ -118,6 +118,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sampling = ml_collections.ConfigDict(
     dict(num_steps=12, choice_temperature=4.5, guidance_scale=GUIDANCE[kind], samples_per_class=8)
   )
+  # Sampling FID's reference images: the paper (ADM's suite) compares with the training split; "" is the
+  # evaluation split, which the CPU runs keep.
+  c.fid_reference_split = "train" if run != "cpu" else ""
   c.tokenizer_workdir = ""  # stage II: the stage I workdir whose checkpoint is the frozen tokenizer
   c.tokenizer_step = 0  # its step; 0: the newest, pinned when stage II starts (recorded in config.json)
   return c

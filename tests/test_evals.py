@@ -176,6 +176,19 @@ def test_evaluate_stage_two_sampling_fid_and_compression(maskgit_runs, tmp_path)
   labels = np.concatenate([b["label"] for b in sample_batches(load_run(tmp_path / "maskgit"), 20, 10)])
   np.testing.assert_array_equal(labels, np.arange(20) % 10)
 
+  # The paper's protocol compares samples with the training split: the reference features are those of
+  # the first training images, the same as a run whose evaluation split is the training split reads.
+  run, as_eval = load_run(tmp_path / "maskgit"), load_run(tmp_path / "maskgit")
+  extractor = FeatureExtractor(run.mesh)
+  train = run_eval._reference(run, extractor, 8, tmp_path / "cache", "train")
+  as_eval.config.data.eval_split = "train"
+  as_eval.pipeline = InputPipeline(as_eval.config.data, as_eval.config.batch_size, as_eval.config.seed)
+  np.testing.assert_allclose(
+    train, run_eval._reference(as_eval, extractor, 8, tmp_path / "cache2"), rtol=1e-5
+  )
+  assert not np.allclose(train, run_eval._reference(run, extractor, 8, tmp_path / "cache"))
+  assert get_maskgit_config("stage=transformer,run=imagenet256").fid_reference_split == "train"
+
 
 @pytest.mark.slow
 def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(

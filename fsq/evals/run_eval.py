@@ -68,12 +68,16 @@ def load_run(workdir: str | Path) -> LoadedRun:
 
 
 def _reference(
-  run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None
+  run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None, split: str = ""
 ) -> np.ndarray:
-  pipeline = run.pipeline
-  split = run.config.data.eval_split
+  """Features of the first ``num_images`` images of ``split`` ("": the run's evaluation split)."""
+  data, pipeline = run.config.data, run.pipeline
+  if split and split != data.eval_split:
+    data = ml_collections.ConfigDict(data.to_dict())
+    data.eval_split = split
+    pipeline = InputPipeline(data, run.config.batch_size, run.config.seed)
   return reference_features(
-    extractor, run.config.data, pipeline.eval_batches(), split, num_images, cache_dir, pipeline.eval_order
+    extractor, data, pipeline.eval_batches(), data.eval_split, num_images, cache_dir, pipeline.eval_order
   )
 
 
@@ -151,8 +155,9 @@ def sampling_fid(
   cache_dir: Path | None = None,
 ) -> dict[str, float]:
   """Sampling FID and precision/recall (k = 3) of ``num_images`` class-balanced samples (in batches of
-  the run's batch size) against the first ``num_images`` evaluation images (stage II)."""
-  real = _reference(run, extractor, num_images, cache_dir)
+  the run's batch size) against the first ``num_images`` images of ``config.fid_reference_split`` (the
+  paper's ADM suite: the training split) or, where that is "", of the evaluation split (stage II)."""
+  real = _reference(run, extractor, num_images, cache_dir, run.config.get("fid_reference_split", ""))
   batches = sample_batches(run, num_images, run.config.batch_size)
   fake = extractor.extract(batches, num_images, "samples")
   return {
