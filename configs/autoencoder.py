@@ -71,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.resize_mode = "pad"  # pad (centre on zeros) | crop (resize the short side, centre crop): ImageNet
   c.data.channels = 1
   c.data.random_flip = False
+  c.data.random_crop = ""  # "inception": training crops of 5-100% of the area (big_vision), before the resize
   c.data.worker_count = 0
   c.data.prefetch_buffer_size = 2
   c.data.skip_bad_examples = False  # True: skip undecodable examples, listed in WORKDIR/skipped_examples.tsv

@@ -110,8 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # big_vision holds out COCO's and ImageNet's first 4096 training images (TRAIN_IMAGES counts the rest).
     c.data.train_split = "train" if task == "depth" else "train[4096:]"
     c.data.eval_split = "validation"
-    # big_vision evaluates all three at resize(512): 512 x 512, aspect ratio not kept. (Its training
-    # pipelines take random inception-style crops first, not reproduced.)
+    # big_vision trains every stage on inception crops resized to 512 x 512 and evaluates at resize(512):
+    # 512 x 512, the aspect ratio not kept.
+    c.data.random_crop = "inception"
     c.data.resize_mode = "squash"
   else:
     c.data.name = "synthetic_scenes/64"

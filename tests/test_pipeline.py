@@ -357,3 +357,51 @@ def test_instance_ids_are_canonical_after_the_flip_whatever_order_the_objects_we
     for rank, i in enumerate(order):
       expected[layout == i] = rank + 1
     np.testing.assert_array_equal(got, expected)
+
+
+def test_inception_boxes_lie_inside_and_follow_big_vision_ranges():
+  rng = np.random.default_rng(0)
+  areas = []
+  for _ in range(300):
+    height, width = rng.integers(20, 200, 2)
+    top, left, h, w = pipeline.inception_box(height, width, rng)
+    assert top >= 0 and top + h <= height and left >= 0 and left + w <= width
+    if (h, w) != (height, width):  # not the fallback: the drawn area and aspect ratio, up to rounding
+      assert 0.05 * height * width - h - w <= h * w <= height * width
+      assert 3 / 4 * (h - 0.5) / (h + 0.5) <= w / h <= 4 / 3 * (w + 0.5) / (w - 0.5)
+    areas.append(h * w / (height * width))
+  assert min(areas) < 0.15 and max(areas) > 0.9
+  # A box that can never fit (aspect ratios outside what a 1-pixel-high image allows) is the whole image.
+  assert pipeline.inception_box(1, 50, rng, aspect_range=(0.9, 1.1), attempts=5) == (0, 0, 1, 50)
+
+
+def test_inception_crops_cut_image_and_dense_maps_alike_and_only_in_training():
+  """Images are a smooth ramp of the source row (and column); the depth map holds the source row and the
+  semantic map the column. After the crop and the squash resize (bicubic for images, nearest for maps)
+  the two agree within a source pixel, and the crop is a function of the seed."""
+  rows, cols = np.mgrid[:60, :80]
+  image = np.stack([rows * 4, cols * 3, np.zeros_like(rows)], -1).astype(np.uint8)  # 0..236, 0..237
+  examples = [{"image": image, "depth": rows.astype(np.float32), "semantic": cols} for _ in range(8)]
+  source = pipeline.ImageSource(examples, (60, 80, 3), ("depth", "semantic"))
+  args = dict(batch_size_per_process=8, image_size=16, resize_mode="squash", random_crop="inception")
+  (batch,) = make(source, **args)
+  pixels = to_uint8(batch["image"]).astype(np.float64)
+  np.testing.assert_allclose(pixels[..., 0] / 4, batch["depth"], atol=1.5)
+  np.testing.assert_allclose(pixels[..., 1] / 3, batch["semantic"], atol=1.5)
+  spans = batch["depth"].max(axis=(1, 2)) - batch["depth"].min(axis=(1, 2))
+  assert spans.min() < 50  # cropped, not the whole 60 rows squashed
+  (again,) = make(source, **args)
+  assert_same_batches([batch], [again])
+  with pytest.raises(ValueError, match="random_crop is out of range, got 'center'"):
+    make(source, **{**args, "random_crop": "center"})
+
+  from configs.autoencoder import get_config
+  from fsq.train.data import InputPipeline
+
+  config = get_config().data
+  config.image_size, config.resize_mode, config.channels, config.random_crop = 16, "squash", 3, "inception"
+  inputs = InputPipeline(config, 8, 0, sources=(source, source))
+  evaluation = next(inputs.eval_batches())["depth"]
+  assert np.all(evaluation.max(axis=(1, 2)) - evaluation.min(axis=(1, 2)) >= 55)  # the whole image
+  train = next(inputs.train_iterator())["depth"]
+  assert (train.max(axis=(1, 2)) - train.min(axis=(1, 2))).min() < 50

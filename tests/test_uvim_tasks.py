@@ -327,6 +327,7 @@ def test_paper_stage_one_matches_big_vision(task):
   m, q, o = c.model, c.quantizer, c.optimizer
   assert (c.data.image_size, m.patch_size, m.code_grid) == (512, 16, 16)
   assert c.data.resize_mode == "squash"  # big_vision's pp_eval: resize(512)
+  assert c.data.random_crop == "inception"  # big_vision's training: inception_box, crop_box, resize(512)
   assert c.data.train_split == {"depth": "train"}.get(task, "train[4096:]")  # big_vision's held-out 4096
   assert (m.width, m.num_heads, m.mlp_dim, m.oracle_depth, m.base_depth) == (768, 12, 3072, 6, 12)
   assert m.context and m.code_dropout == "random" and c.batch_size == 1024

@@ -38,6 +38,7 @@ from PIL import Image
 from fsq.data import dense_targets
 
 RESIZE_MODES = ("pad", "crop", "squash")
+RANDOM_CROPS = ("", "inception")
 _PIL_MODES = {1: "L", 3: "RGB"}
 
 
@@ -201,6 +202,38 @@ def resize_map(values: np.ndarray, image_size: int, resize_mode: str) -> np.ndar
   return values[rows[top : top + image_size][:, None], cols[left : left + image_size][None, :]]
 
 
+def inception_box(
+  height: int,
+  width: int,
+  rng: np.random.Generator,
+  area_range: tuple[float, float] = (0.05, 1.0),
+  aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+  attempts: int = 100,
+) -> tuple[int, int, int, int]:
+  """A random crop box (top, left, h, w) of an image (height, width), as big_vision's ``inception_box``
+  (``tf.image.sample_distorted_bounding_box``): up to ``attempts`` draws of an area fraction uniform in
+  ``area_range`` and an aspect ratio w / h uniform in ``aspect_range``; the first box that fits is placed
+  uniformly; if none fits, the whole image."""
+  for _ in range(attempts):
+    area = rng.uniform(*area_range) * height * width
+    aspect = rng.uniform(*aspect_range)
+    h, w = round(np.sqrt(area / aspect)), round(np.sqrt(area * aspect))
+    if 1 <= h <= height and 1 <= w <= width:
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+  return 0, 0, height, width
+
+
+class _InceptionCrop(grain.transforms.RandomMap):
+  """Crops the image and its dense maps to one ``inception_box`` (before the resize, as big_vision's
+  ``inception_box`` + ``crop_box`` + ``resize``); grain seeds rng from the seed and the stream position."""
+
+  def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    top, left, h, w = inception_box(*example["image"].shape[:2], rng)
+    window = (slice(top, top + h), slice(left, left + w))
+    dense = {k: v[window] for k, v in _dense(example).items()}
+    return {**example, **dense, "image": example["image"][window]}
+
+
 class _IsDecoded(grain.transforms.Filter):
   def filter(self, example: dict[str, Any] | None) -> bool:
     return example is not None
@@ -292,16 +325,18 @@ def make_loader(
   process_count: int | None = None,
   skip_log: SkipLog | None = None,
   drop_remainder: bool = True,
+  random_crop: str = "",
 ) -> grain.DataLoader:
   """A grain loader over this process's shard of `source`, yielding dicts of numpy batches.
 
   Batches are ``{"image": float32 (batch_size_per_process, S, S, C) in [-1, 1], "label": int32
   (batch_size_per_process,)}`` plus the source's dense maps (batch_size_per_process, S, S), with
   S = image_size (the source's fixed size when None; resize_mode 'pad' or 'crop' as in `resize_image`,
-  nearest neighbour for dense maps); an "instance" map is renumbered canonically after the resize and
-  flip. Each process reads a disjoint 1/process_count of the records
-  (default: this JAX process's share), shuffled by `seed` afresh each epoch; num_epochs None repeats
-  forever. Flips depend only on seed and stream position. worker_count 0 transforms in this process,
+  nearest neighbour for dense maps); random_crop "inception" first crops image and maps to an
+  ``inception_box``; an "instance" map is renumbered canonically after the resize and flip. Each process
+  reads a disjoint 1/process_count of the records (default: this JAX process's share), shuffled by `seed`
+  afresh each epoch; num_epochs None repeats forever. Flips and crops depend only on seed and stream
+  position. worker_count 0 transforms in this process,
   > 0 in that many worker processes (batches then differ from worker_count 0, as each worker batches
   its own records). read_threads and prefetch_buffer_size set grain's per-process reading threads and
   element buffer. A bad example (undecodable, wrong shape) raises ValueError naming its record_key,
@@ -314,6 +349,7 @@ def make_loader(
     "num_epochs": (num_epochs, num_epochs is None or num_epochs >= 1),
     "image_size": (image_size, image_size is None or image_size >= 1),
     "resize_mode": (resize_mode, resize_mode in RESIZE_MODES),
+    "random_crop": (random_crop, random_crop in RANDOM_CROPS),
     "worker_count": (worker_count, worker_count >= 0),
   }
   for field, (value, ok) in checks.items():
@@ -334,6 +370,8 @@ def make_loader(
   operations: list[Any] = [_Decode(source.image_shape, skip_log)]
   if skip_log is not None:
     operations.append(_IsDecoded())
+  if random_crop:
+    operations.append(_InceptionCrop())
   if image_size is not None:
     operations.append(_Resize(image_size, resize_mode))
   if random_flip:

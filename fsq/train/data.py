@@ -123,6 +123,7 @@ class InputPipeline:
       image_size=self.config.image_size,
       resize_mode=self.config.resize_mode,
       random_flip=self.config.random_flip and train,
+      random_crop=self.config.get("random_crop", "") if train else "",
       worker_count=self.config.worker_count if train else 0,
       read_threads=max(1, self.config.get("read_threads", 2)),
       prefetch_buffer_size=self.config.prefetch_buffer_size,

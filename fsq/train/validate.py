@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from fsq.data.pipeline import RESIZE_MODES
+from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
 from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
 from fsq.train.mesh import mesh_shape
@@ -92,6 +92,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.resize_mode not in RESIZE_MODES:
     raise ValueError(
       f"config.data.resize_mode must be one of {RESIZE_MODES}, got {config.data.resize_mode!r}"
+    )
+  if config.data.get("random_crop", "") not in RANDOM_CROPS:
+    raise ValueError(
+      f"config.data.random_crop must be one of {RANDOM_CROPS}, got {config.data.random_crop!r}"
     )
   q = config.quantizer
   if q.kind not in QUANTIZER_KINDS:
