@@ -98,6 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # big_vision's one class per predicted instance on COCO (every segment has its own instance id); the
   # scenes give all stuff instance 0, so they take semantics per pixel.
   c.uvim.panoptic_prediction = "instance_vote" if paper else "per_pixel"
+  # PQ at the original resolution (scripts.evaluate --metrics dense_native) splits stuff by instance id,
+  # as big_vision's panopticapi scoring of two-channel outputs does; the scenes' stuff is all instance 0.
+  c.uvim.pq_stuff_by_instance = paper
 
   c.data.image_size = 512 if paper else 64
   c.data.channels = 3

@@ -3,12 +3,15 @@
   python -m scripts.evaluate --workdir runs/tok --metrics rfid --num_images 2000
   python -m scripts.evaluate --workdir runs/maskgit --metrics fid,compression --num_images 2000
   python -m scripts.evaluate --workdir runs/uvim_colorization_lm --metrics color_fid --num_images 500
+  python -m scripts.evaluate --workdir runs/uvim_panoptic_lm --metrics dense_native --num_images 5000
 
 Metrics: rfid (stage I: reconstruction FID), fid (stage II: sampling FID, precision and recall, k = 3),
 compression (stage II: bits per token under a deterministic masking schedule, from the model's
 probabilities and by range coding), color_fid (UViM stage II colorization: FID of the colourings of the
-evaluation images against the images). FID uses the standard Inception network (``make weights``) on the
-first NUM_IMAGES images of the evaluation split, whose features are cached under artifacts/fid_reference.
+evaluation images against the images), dense_native (UViM stage II depth or panoptic: the metric at each
+image's original resolution, as the paper reports it). FID uses the standard Inception network (``make
+weights``) on the first NUM_IMAGES images of the evaluation split, whose features are cached under
+artifacts/fid_reference.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="the training run's workdir")
   parser.add_argument(
-    "--metrics", default="", help="comma-separated: rfid, fid, compression, color_fid ('' = none)"
+    "--metrics",
+    default="",
+    help="comma-separated: rfid, fid, compression, color_fid, dense_native ('' = none)",
   )
   parser.add_argument("--num_images", type=int, default=2000, help="images for FID and compression")
   args = parser.parse_args(argv)

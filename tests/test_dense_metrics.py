@@ -179,3 +179,36 @@ def test_depth_negative_prediction_is_not_accurate_and_empty_image_is_skipped():
     {"rmse": 1.0, "abs_rel": 0.5, "delta1": 0.0, "delta2": 1.0, "delta3": 1.0}
     | {"num_images": 1, "num_pixels": 1, "num_skipped": 1}
   )
+
+
+def test_crowd_segments_are_neither_matched_nor_missed_and_excuse_predictions_of_their_class():
+  """1x12 image, thing class 1. GT: a crowd segment of class 1 on pixels 0-5 and an ordinary one on
+  6-11; the prediction equals the GT maps. By hand, as panopticapi: the crowd is no TP and no FN, and
+  the prediction lying on it is excused (6/6 on a crowd of its class); without crowd both would match."""
+  gs = np.array([[1] * 12])
+  gi = np.array([[1] * 6 + [2] * 6])
+  crowd = np.array([[True] * 6 + [False] * 6])
+  m = dense_metrics.PanopticQuality(3, (1, 2), void_label=0).update(gs, gi, gs, gi, gt_crowd=crowd)
+  assert (m.tp[1], m.fp[1], m.fn[1], m.iou_sum[1]) == (1, 0, 0, 1.0)
+  plain = dense_metrics.PanopticQuality(3, (1, 2), void_label=0).update(gs, gi, gs, gi)
+  assert (plain.tp[1], plain.fp[1], plain.fn[1]) == (2, 0, 0)
+  # A prediction of another class on the crowd region is not excused: a false positive of class 2.
+  ps = np.array([[2] * 6 + [1] * 6])
+  m = dense_metrics.PanopticQuality(3, (1, 2), void_label=0).update(ps, gi, gs, gi, gt_crowd=crowd)
+  assert (m.tp[1], m.fn[1], m.fp[2]) == (1, 0, 1)
+  with pytest.raises(ValueError, match=r"gt_crowd must have the maps' shape \(1, 1, 12\)"):
+    m.update(ps, gi, gs, gi, gt_crowd=np.zeros((1, 6), bool))
+
+
+def test_stuff_split_by_instance_as_big_vision_scores_two_channel_outputs():
+  """Stuff class 1 (no things). GT: instances 1 and 2 on six pixels each; prediction: one instance over
+  all twelve. Merged per class (the standard format) the prediction matches with IoU 1; split by
+  instance, IoU 6/12 is not > 0.5: two false negatives and a false positive."""
+  gs, ps = np.ones((1, 12), int), np.ones((1, 12), int)
+  gi, pi = np.array([[1] * 6 + [2] * 6]), np.full((1, 12), 5)
+  merged = dense_metrics.PanopticQuality(2, (), void_label=0).update(ps, pi, gs, gi)
+  assert (merged.tp[1], merged.fp[1], merged.fn[1]) == (1, 0, 0)
+  split = dense_metrics.PanopticQuality(2, (), void_label=0, stuff_by_instance=True).update(ps, pi, gs, gi)
+  assert (split.tp[1], split.fp[1], split.fn[1]) == (0, 1, 2)
+  with pytest.raises(ValueError, match="cannot merge"):
+    merged.merge(split)

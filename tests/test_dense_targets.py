@@ -10,6 +10,7 @@ from PIL import Image
 from fsq.data.dense_targets import (
   ADAPTERS,
   canonical_instances,
+  coco_crowd,
   coco_semantic_instance,
   nyu_depth_maps,
   panoptic_segment_ids,
@@ -54,6 +55,9 @@ def test_coco_semantics_are_label_plus_one_and_instances_follow_the_centres():
   )
   with pytest.raises(ValueError, match="same length, got 2 and 3"):
     coco_semantic_instance(_rgb(IDS), OBJECTS["id"][:2], OBJECTS["label"])
+  # Segment 1000 marked iscrowd: its five pixels, bottom left.
+  crowd = coco_crowd(_rgb(IDS), OBJECTS["id"], np.array([False, False, True]))
+  np.testing.assert_array_equal(crowd, IDS == 1000)
 
 
 def test_canonical_instances_ignore_the_given_numbering():

@@ -290,6 +290,11 @@ def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
       float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
 
+  # At the scenes' own 64 px the paper-protocol evaluation (original size, scripts.evaluate) scores
+  # exactly what the loop's in-step statistics scored.
+  native = evaluate(tmp_path / "two", ("dense_native",), 4)
+  assert native["native/pq/all_pq"] == pytest.approx(final_two["pq/all_pq"], abs=1e-6)
+  assert native["native/pq/things_sq"] == pytest.approx(final_two["pq/things_sq"], abs=1e-6, nan_ok=True)
   trained = restore_on_one_device(tmp_path / "two" / "checkpoints" / "2")["params"]["encoder"]
   # Two Adam steps at 0.1 x 1e-3 move no weight by more than a few 1e-4; the run's own init is far off.
   assert 0 < largest_difference(trained, encoder) < 1e-3 < 0.05 < largest_difference(trained, own_init)

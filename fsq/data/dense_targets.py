@@ -10,8 +10,9 @@ raw example into the maps. Facts from big_vision's ``pp/proj/uvim/pp_ops.py``:
   gives a pixel of the n-th listed segment the semantic class label + 1 and the instance n + 1, and a
   pixel of no segment 0 and 0: class 0 is void. ``make_canonical`` then renumbers the instances 1..K
   in the order of their centres of mass, row-major ("y" main axis: x + H * y), so the same layout gets
-  the same ids. Here canonicalisation runs on the full-size map, before the pipeline's resize or
-  crop. Crowd segments are kept, as big_vision keeps them.
+  the same ids. Here canonicalisation runs on the full-size map and again after the pipeline's crop,
+  resize and flip. Crowd segments are kept in the maps, as big_vision keeps them; the "crowd" map marks
+  them for panoptic quality at the original resolution (``fsq.evals.dense_native``).
 * NYU Depth v2 (TFDS ``nyu_depth_v2``): ``depth`` (480, 640) float16 metres becomes float32. Outside
   the train split, image and depth are cut to big_vision's evaluation crop (``nyu_eval_crop``: rows
   54 to 480, columns 41 to 601, 426 x 560; its comment names rows 45 to 471, its code uses 54) before
@@ -86,14 +87,23 @@ def _decode_png(value: bytes | np.ndarray) -> np.ndarray:
   return np.asarray(value)
 
 
+def coco_crowd(panoptic_rgb: np.ndarray, object_ids: np.ndarray, is_crowd: np.ndarray) -> np.ndarray:
+  """bool (H, W): True on the pixels of the segments COCO marks ``iscrowd`` (for panoptic quality, which
+  neither matches nor misses them)."""
+  ids = np.asarray(object_ids, np.int64).reshape(-1)
+  crowd_ids = ids[np.asarray(is_crowd, bool).reshape(-1)]
+  return np.isin(panoptic_segment_ids(panoptic_rgb), crowd_ids)
+
+
 def coco_panoptic_maps(example: dict[str, Any], split: str) -> dict[str, np.ndarray]:
-  """A ``coco/2017_panoptic`` example -> {"semantic", "instance"} (H, W) int32 (any split)."""
+  """A ``coco/2017_panoptic`` example -> {"semantic", "instance"} (H, W) int32 and "crowd" (H, W) bool
+  (any split)."""
   del split
   objects = example["panoptic_objects"]
-  semantic, instance = coco_semantic_instance(
-    _decode_png(example["panoptic_image"]), objects["id"], objects["label"]
-  )
-  return {"semantic": semantic, "instance": instance}
+  rgb = _decode_png(example["panoptic_image"])
+  semantic, instance = coco_semantic_instance(rgb, objects["id"], objects["label"])
+  crowd = coco_crowd(rgb, objects["id"], objects.get("is_crowd", np.zeros(len(objects["id"]), bool)))
+  return {"semantic": semantic, "instance": instance, "crowd": crowd}
 
 
 NYU_EVAL_CROP = (slice(54, 480), slice(41, 601))  # big_vision's nyu_eval_crop, on 480 x 640 frames
@@ -124,7 +134,10 @@ class Adapter:
 
 ADAPTERS = {
   "coco/2017_panoptic": Adapter(
-    ("panoptic_image", "panoptic_objects"), ("panoptic_image",), ("semantic", "instance"), coco_panoptic_maps
+    ("panoptic_image", "panoptic_objects"),
+    ("panoptic_image",),
+    ("semantic", "instance", "crowd"),
+    coco_panoptic_maps,
   ),
   "nyu_depth_v2": Adapter(("depth",), (), ("depth",), nyu_depth_maps),
 }

@@ -11,19 +11,19 @@ that big_vision's UViM evaluator calls) computes it, from UViM's two-channel out
 * A panoptic map is a pair (semantic, instance) of (H, W) int maps. Pixels whose semantic label is
   ``void_label`` belong to no segment. A segment is the set of pixels sharing one (class, instance id)
   identity, connected or not; for stuff classes the instance id is ignored (one segment per class per
-  image). For thing classes every instance id, 0 included, names a segment. (panopticapi's two-channel
-  converter that big_vision uses splits stuff by instance id too, and big_vision's COCO gives every
-  segment, stuff included, its own instance id: one segment per class is the standard panoptic format
-  for stuff, and more lenient than big_vision's scoring.)
+  image; ``stuff_by_instance`` below changes that). For thing classes every instance id, 0 included,
+  names a segment.
 * A predicted and a ground-truth (GT) segment of the same class match when IoU > 0.5 (so a match is
   unique). The union excludes the predicted segment's pixels on GT void:
   ``IoU = |P & G| / (|P| + |G| - |P & G| - |P & void_gt|)``.
   Predicted void pixels inside a GT segment count in |G| only.
 * Unmatched GT segments are false negatives. An unmatched predicted segment is a false positive unless
-  more than half of its area lies on GT void. (The COCO API also ignores GT crowd regions and adds a
-  prediction's overlap with a same-class crowd region to its void overlap; these maps have no crowd
-  annotation, so none of that applies. Mapping crowd to void is not the same: void is also removed
-  from the union of matched segments.)
+  more than half of its area lies on GT void or on GT crowd regions of its own class.
+* Crowd (``gt_crowd``, COCO's ``iscrowd`` segments): a GT crowd segment is never matched and never a false
+  negative; predictions on it are excused as above. (Mapping crowd to void is not the same: void is also
+  removed from the union of matched segments, crowd is not.)
+* ``stuff_by_instance``: stuff segments are split by instance id too, as panopticapi's two-channel
+  converter that big_vision uses does (its COCO gives every segment, stuff included, an instance id).
 * Per class: PQ = sum IoU(TP) / (TP + FP/2 + FN/2), SQ = sum IoU(TP) / TP (0 when TP = 0), RQ =
   TP / (TP + FP/2 + FN/2). Classes with TP + FP + FN = 0 are left out of the means. PQ, SQ and RQ of
   "All", "Things" and "Stuff" are the means over the classes of each group (NaN for a group with no
@@ -74,11 +74,18 @@ class PanopticQuality:
     tp, fp, fn: int64 counts; iou_sum: float64 sum of the IoUs of matched pairs.
   """
 
-  def __init__(self, num_classes: int, thing_classes: Iterable[int], void_label: int = 0):
+  def __init__(
+    self,
+    num_classes: int,
+    thing_classes: Iterable[int],
+    void_label: int = 0,
+    stuff_by_instance: bool = False,
+  ):
     if num_classes < 1:
       raise ValueError(f"num_classes must be positive, got {num_classes}")
     self.num_classes = int(num_classes)
     self.void_label = int(void_label)
+    self.stuff_by_instance = bool(stuff_by_instance)
     self.is_class = np.ones(self.num_classes, bool)
     if 0 <= self.void_label < self.num_classes:
       self.is_class[self.void_label] = False
@@ -101,7 +108,7 @@ class PanopticQuality:
     if bad.any():
       raise ValueError(f"{name} semantic label {semantic[bad][0]} is neither a class nor void")
     cls = np.where(void, 0, semantic)
-    inst = np.where(void | ~self.is_thing[cls], 0, instance)
+    inst = np.where(void | ~(self.is_thing[cls] | self.stuff_by_instance), 0, instance)
     inst = inst - inst.min()
     width = inst.max() + 1
     key = np.where(void, -1, cls * width + inst)
@@ -111,14 +118,15 @@ class PanopticQuality:
       index = index + 1
     return index.reshape(-1), keys[1:] // width
 
-  def update(self, pred_semantic, pred_instance, gt_semantic, gt_instance) -> PanopticQuality:
+  def update(self, pred_semantic, pred_instance, gt_semantic, gt_instance, gt_crowd=None) -> PanopticQuality:
     """Adds images in place and returns self.
 
     Args:
       pred_semantic, pred_instance, gt_semantic, gt_instance: int arrays of one shape, (H, W) for one
         image or (..., H, W) for several (every leading index one image). Semantic labels are class ids
-        or ``void_label``; instance ids are any integers (ignored on void and stuff pixels). Predictions
-        must already be at the ground truth's resolution.
+        or ``void_label``; instance ids are any integers (ignored on void pixels, and on stuff pixels
+        unless ``stuff_by_instance``). Predictions must already be at the ground truth's resolution.
+      gt_crowd: optional bool maps of the same shape, True on the pixels of GT crowd segments.
     """
     arrays = [pred_semantic, pred_instance, gt_semantic, gt_instance]
     names = ["pred_semantic", "pred_instance", "gt_semantic", "gt_instance"]
@@ -127,13 +135,20 @@ class PanopticQuality:
       raise ValueError(f"panoptic maps must share one shape, got {[a.shape for a in arrays]}")
     if any(not np.issubdtype(a.dtype, np.integer) for a in arrays):
       raise ValueError(f"panoptic maps must be integer arrays, got {[a.dtype for a in arrays]}")
-    for ps, pi, gs, gi in zip(*arrays, strict=True):
-      self._update_image(ps, pi, gs, gi)
+    crowd = np.zeros(arrays[0].shape, bool) if gt_crowd is None else _images("gt_crowd", gt_crowd)
+    if crowd.shape != arrays[0].shape:
+      raise ValueError(f"gt_crowd must have the maps' shape {arrays[0].shape}, got {crowd.shape}")
+    for ps, pi, gs, gi, gc in zip(*arrays, crowd.astype(bool), strict=True):
+      self._update_image(ps, pi, gs, gi, gc)
     return self
 
-  def _update_image(self, ps: np.ndarray, pi: np.ndarray, gs: np.ndarray, gi: np.ndarray) -> None:
+  def _update_image(
+    self, ps: np.ndarray, pi: np.ndarray, gs: np.ndarray, gi: np.ndarray, gc: np.ndarray
+  ) -> None:
     pred_index, pred_class = self._segments("predicted", ps, pi)
     gt_index, gt_class = self._segments("ground-truth", gs, gi)
+    # A GT segment is crowd when its pixels are (crowd marks whole segments).
+    gt_crowd = np.bincount(gt_index, gc.reshape(-1), minlength=len(gt_class) + 1)[1:] > 0
     n_pred, n_gt = len(pred_class), len(gt_class)
     # counts[g, p]: pixels in GT segment g and predicted segment p (index 0 = void on either side).
     counts = np.bincount(gt_index * (n_pred + 1) + pred_index, minlength=(n_gt + 1) * (n_pred + 1))
@@ -144,24 +159,29 @@ class PanopticQuality:
     gt_area = counts[1:, :].sum(axis=1)
     union = pred_area[None, :] + gt_area[:, None] - intersection - pred_on_void[None, :]
     iou = intersection / union
-    matched = (gt_class[:, None] == pred_class[None, :]) & (iou > 0.5)
+    same_class = gt_class[:, None] == pred_class[None, :]
+    matched = same_class & (iou > 0.5) & ~gt_crowd[:, None]
     g, p = np.nonzero(matched)
     np.add.at(self.tp, gt_class[g], 1)
     np.add.at(self.iou_sum, gt_class[g], iou[g, p])
-    np.add.at(self.fn, gt_class[~matched.any(axis=1)], 1)
-    false_positive = ~matched.any(axis=0) & (pred_on_void / pred_area <= 0.5)
+    np.add.at(self.fn, gt_class[~matched.any(axis=1) & ~gt_crowd], 1)
+    on_crowd = np.sum(intersection * (same_class & gt_crowd[:, None]), axis=0)
+    false_positive = ~matched.any(axis=0) & ((pred_on_void + on_crowd) / pred_area <= 0.5)
     np.add.at(self.fp, pred_class[false_positive], 1)
 
   def merge(self, other: PanopticQuality) -> PanopticQuality:
     """A new accumulator holding the statistics of both; the class definitions must agree."""
     same = (
       self.void_label == other.void_label
+      and self.stuff_by_instance == other.stuff_by_instance
       and np.array_equal(self.is_class, other.is_class)
       and np.array_equal(self.is_thing, other.is_thing)
     )
     if not same:
       raise ValueError("cannot merge panoptic accumulators with different classes, things or void label")
-    merged = PanopticQuality(self.num_classes, np.flatnonzero(self.is_thing).tolist(), self.void_label)
+    merged = PanopticQuality(
+      self.num_classes, np.flatnonzero(self.is_thing).tolist(), self.void_label, self.stuff_by_instance
+    )
     merged.tp = self.tp + other.tp
     merged.fp = self.fp + other.fp
     merged.fn = self.fn + other.fn

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fsq.evals import sample_metrics
+from fsq.evals import dense_metrics, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
@@ -229,13 +229,51 @@ def real_floor(
   return {**_sample_quality(feats[:num_images], feats[num_images:]), "num_images": float(num_images)}
 
 
-METRICS = ("rfid", "fid", "compression", "color_fid")
-# The training tasks each metric applies to (color_fid: UViM stage II with uvim.task = colorization).
+def dense_native(run: LoadedRun, num_images: int) -> dict[str, float]:
+  """UViM stage II's depth or panoptic metric as the paper reports it (``fsq.evals.dense_native``): the
+  first ``num_images`` evaluation images predicted at the model's resolution, the predictions resized to
+  each image's original size and scored against the original maps (COCO: with crowd regions)."""
+  from fsq.data import dense_targets
+  from fsq.evals import dense_native as native
+
+  task, config = run.task, run.config
+  rep, data = task.representation, config.data
+  source = run.pipeline.eval_source
+  adapter = dense_targets.ADAPTERS.get(data.name)
+  if adapter is not None and "crowd" in adapter.makes:
+    source = dataclasses.replace(source, dense=(*source.dense, "crowd"))
+  predict_jit = jax.jit(
+    lambda state, constants, images: rep.predict(task.predict_outputs(state, constants, images)[0])
+  )
+
+  def predict(images: np.ndarray) -> np.ndarray:
+    return jax.device_get(predict_jit(run.state, run.constants, mesh_lib.global_batch(images, run.mesh)))
+
+  batches = native.native_batches(
+    source, data.image_size, data.resize_mode, data.channels, config.batch_size, num_images
+  )
+  u = config.uvim
+  if u.task == "panoptic":
+    metric = dense_metrics.PanopticQuality(
+      u.num_classes, tuple(u.thing_classes), u.void_label, u.get("pq_stuff_by_instance", False)
+    )
+    results = native.panoptic_native(predict, batches, metric)
+  else:
+    results = native.depth_native(
+      predict, batches, dense_metrics.DepthMetrics(u.min_depth, u.max_depth, crop=None)
+    )
+  return {**results, "native/num_images": float(min(num_images, len(source)))}
+
+
+METRICS = ("rfid", "fid", "compression", "color_fid", "dense_native")
+# The training tasks each metric applies to (color_fid: UViM stage II with uvim.task = colorization;
+# dense_native: with uvim.task = depth or panoptic).
 METRIC_TASKS = {
   "rfid": ("autoencoder", "tokenizer"),
   "fid": ("transformer",),
   "compression": ("transformer",),
   "color_fid": ("uvim_lm",),
+  "dense_native": ("uvim_lm",),
 }
 
 
@@ -273,6 +311,8 @@ def evaluate(
     results.update(compression_cost(run, num_images))
   if "color_fid" in metrics:
     results.update(colorization_fid(run, extractor, num_images, cache_dir=cache_dir))
+  if "dense_native" in metrics:
+    results.update(dense_native(run, num_images))
   results["step"] = float(run.step)
   _write_results(workdir, results)
   return results
@@ -281,7 +321,9 @@ def evaluate(
 def _applies(metric: str, config: ml_collections.ConfigDict) -> bool:
   if config.task not in METRIC_TASKS[metric]:
     return False
-  return metric != "color_fid" or config.uvim.task == "colorization"
+  if metric == "color_fid":
+    return config.uvim.task == "colorization"
+  return metric != "dense_native" or config.uvim.task in ("depth", "panoptic")
 
 
 def _write_results(workdir: Path, results: dict[str, float]) -> None:
