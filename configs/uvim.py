@@ -101,6 +101,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # PQ at the original resolution (scripts.evaluate --metrics dense_native) splits stuff by instance id,
   # as big_vision's panopticapi scoring of two-channel outputs does; the scenes' stuff is all instance 0.
   c.uvim.pq_stuff_by_instance = paper
+  # Colorization FID (scripts.evaluate --metrics color_fid): ColTran's FID-5k at paper scale, the
+  # colourings of validation images 0-4999 against images 10000-14999, both area-resized to 256 px and
+  # rounded to 8 bits; the scenes (500 test images) compare the colourings with the same images.
+  c.uvim.fid_reference_offset = 10_000 if paper else 0
+  c.uvim.fid_size = 256 if paper else 0
 
   c.data.image_size = 512 if paper else 64
   c.data.channels = 3

@@ -31,6 +31,7 @@ from fsq.tasks.uvim_outputs import (
 from fsq.train.checkpoint import restore_on_one_device
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
+from fsq.train.writers import read_config, write_config
 from tests.helpers import inception_pool, patched
 from tests.test_evals import _fid_scipy
 from tests.test_train import read_metrics
@@ -324,6 +325,20 @@ def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_p
   np.testing.assert_allclose(
     results["color_fid"], _fid_scipy(inception_pool(images), inception_pool(colours)), rtol=2e-3
   )
+
+  # ColTran's protocol, scaled down: the colourings of images 0-1 against the disjoint images 2-3, both
+  # area-resized to 32 px (2x2 block means) and rounded to 8-bit levels.
+  config_two = read_config(tmp_path / "two")
+  config_two.uvim.fid_reference_offset, config_two.uvim.fid_size = 2, 32
+  write_config(tmp_path / "two", config_two)
+  results = evaluate(tmp_path / "two", ("color_fid",), 2, cache_dir=tmp_path / "cache")
+
+  def coltran(x):
+    pooled = np.asarray(x, np.float64).reshape(-1, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    return np.round((pooled + 1) * 127.5) / 127.5 - 1
+
+  expected = _fid_scipy(inception_pool(coltran(images[2:4])), inception_pool(coltran(colours[:2])))
+  np.testing.assert_allclose(results["color_fid"], expected, rtol=2e-3)
 
 
 @pytest.mark.parametrize("task", ["depth", "panoptic", "colorization"])

@@ -114,25 +114,58 @@ def reconstruction_fid(
   return {"rfid": _fid(real, fake), "rfid/num_images": float(num_images)}
 
 
+def area_resize_to_8_bit(images: np.ndarray, size: int) -> np.ndarray:
+  """(B, S, S, C) in [-1, 1] -> (B, size, size, C): the mean of each (S / size)^2 block (area resizing;
+  ``size`` must divide S), rounded to the 256 levels of 8-bit images, as ColTran's FID protocol stores
+  its colourings."""
+  b, s, _, c = images.shape
+  if s % size:
+    raise ValueError(f"the FID size {size} must divide the image size {s}")
+  k = s // size
+  pooled = np.asarray(images, np.float64).reshape(b, size, k, size, k, c).mean(axis=(2, 4))
+  return (np.round((pooled + 1) * 127.5) / 127.5 - 1).astype(np.float32)
+
+
 def colorization_fid(
   run: LoadedRun, extractor: FeatureExtractor, num_images: int, cache_dir: Path | None = None
 ) -> dict[str, float]:
-  """FID between the first ``num_images`` evaluation images and their colourings by a UViM stage II run
-  (the VTT's greedy codes for the grey image, decoded by the frozen stage I)."""
+  """FID of a UViM stage II run's colourings (the VTT's greedy codes for the grey image, decoded by the
+  frozen stage I) of the first ``num_images`` evaluation images against a reference set, by
+  ``config.uvim.fid_reference_offset`` and ``fid_size``. ColTran's FID-5k, the paper's protocol: the
+  colourings of images 0 .. N-1 against images 10000 .. 10000 + N - 1 (disjoint), both area-resized to
+  256 px and rounded to 8 bits. Offset 0 and size 0 (the CPU runs): against the same images, as they are."""
   task = run.task
+  offset, size = run.config.uvim.get("fid_reference_offset", 0), run.config.uvim.get("fid_size", 0)
   colour = jax.jit(
     lambda state, constants, images: task.representation.predict(
-      task.predict_outputs(state, constants, images)[0].astype(jnp.float32)
+      task.predict_outputs(state, constants, images)[0]
     )
   )
 
-  def batches():
+  def at_fid_size(images):
+    return area_resize_to_8_bit(images, size) if size else images
+
+  def colourings():
     for batch in run.pipeline.eval_batches():
       images = mesh_lib.global_batch(batch["image"], run.mesh)
-      yield {"image": np.asarray(colour(run.state, run.constants, images)), "mask": batch["mask"]}
+      yield {
+        "image": at_fid_size(np.asarray(colour(run.state, run.constants, images))),
+        "mask": batch["mask"],
+      }
 
-  real = _reference(run, extractor, num_images, cache_dir)
-  fake = extractor.extract(batches(), num_images, "colourings")
+  def references():
+    seen = 0
+    for batch in run.pipeline.eval_batches():
+      mask = np.asarray(batch["mask"]).copy()
+      index = seen + np.cumsum(mask) - 1  # each valid row's position in the order evaluation reads
+      seen += int(mask.sum())
+      yield {"image": at_fid_size(batch["image"]), "mask": mask * (index >= offset)}
+
+  data = run.config.data
+  split = f"{data.eval_split}[{offset}:]" + (f"@{size}px-8bit" if size else "")
+  order = run.pipeline.eval_order
+  real = reference_features(extractor, data, references(), split, num_images, cache_dir, order)
+  fake = extractor.extract(colourings(), num_images, "colourings")
   return {"color_fid": _fid(real, fake), "color_fid/num_images": float(num_images)}
 
 
