@@ -15,7 +15,10 @@ Arguments (comma-separated key=value):
              run=cpu; default 10. FSQ takes the paper's Table-1 levels for it, VQ that many codes
   levels     FSQ levels joined by '-' (e.g. 8-8-8 or 7-5-5-5-5), for any run; overrides codebook
 Hyperparameters are those listed in ../shared/PAPER.md (MaskGIT's VQGAN and transformer configs and the
-FSQ paper's changes); tests/test_configs.py checks them point by point.
+FSQ paper's changes), checked by tests/test_configs.py. Where PAPER.md is silent they follow the released
+code of MaskGIT and MAGVIT: the loss weights rescaled to this code's pixel range, the ResNet-50 perceptual
+loss, the discriminator per image size, weight decay on kernels, clipping; the README's table of
+differences from the references lists each choice.
 """
 
 from __future__ import annotations
