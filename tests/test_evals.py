@@ -14,7 +14,7 @@ from fsq.evals import run_eval, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
 from fsq.evals.run_eval import evaluate, load_run, real_floor, sample_batches
 from fsq.tasks import pin_stage_one, restore_stage_one
-from fsq.train.checkpoint import restore_on_one_device, saved_steps
+from fsq.train.checkpoint import restore_to_host, saved_steps
 from fsq.train.data import InputPipeline
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
@@ -206,7 +206,7 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(
   assert resumed.tokenizer_step == 2
   kept = load_run(tmp_path / "maskgit").task.tokenizer_variables["params"]
   for step, same in ((2, True), (4, False)):
-    ema = restore_on_one_device(tmp_path / "tok" / "checkpoints" / str(step))["ema_params"]
+    ema = restore_to_host(tmp_path / "tok" / "checkpoints" / str(step))["ema_params"]
     close = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=0, atol=0), kept, ema)
     assert all(jax.tree.leaves(close)) is same, step
   resumed.tokenizer_step = 3

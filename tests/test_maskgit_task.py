@@ -1,6 +1,9 @@
 """MaskGIT stage II on a frozen tokenizer: the masked loss against numpy, sampling, the generic loop."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -71,3 +74,66 @@ def test_grid_labels_give_one_row_per_class_and_spread_large_label_sets(tfds_dat
   np.testing.assert_array_equal(task.grid_labels().reshape(10, 8), np.arange(10)[:, None] * np.ones((1, 8)))
   imagenet = dataclasses.replace(task, vocab=Vocabulary(1000, 1000), samples_per_class=2)
   np.testing.assert_array_equal(imagenet.grid_labels()[::2], [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
+
+
+@pytest.mark.slow
+def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_data_dir, tmp_path):
+  """The frozen tokenizer is restored to the host and placed on the mesh of every process: stage II runs
+  as 2 processes x 2 devices (where a tokenizer committed to one device cannot be moved to the global
+  mesh) and trains exactly as 1 process x 4 devices."""
+  from tests.test_evals import _maskgit_config
+  from tests.test_train import REPO, TINY, restore_params, run_cli
+
+  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer"), tmp_path / "tok")
+  overrides = {  # the tiny stage II of _maskgit_config, on 2 data shards
+    **TINY,
+    "data.data_dir": tfds_data_dir,
+    "data.num_shards": 2,
+    "num_train_steps": 2,
+    "num_eval_batches": 1,
+    "gan.disc_filters": 8,
+    "transformer.hidden": 32,
+    "transformer.num_layers": 1,
+    "transformer.num_heads": 2,
+    "transformer.mlp_dim": 64,
+    "sampling.num_steps": 2,
+    "sampling.samples_per_class": 1,
+    "tokenizer_workdir": tmp_path / "tok",
+  }
+
+  def args(workdir):
+    config = f"--config={REPO}/configs/maskgit.py:stage=transformer,run=cpu,quantizer=fsq"
+    return [config, f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+  flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f)
+  one = run_cli(
+    args(tmp_path / "one"),
+    env=dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4"),
+  )
+  assert one.returncode == 0, one.stdout + one.stderr
+  two = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "scripts.launch_local",
+      "--num_processes=2",
+      "--devices_per_process=2",
+      "--",
+      *args(tmp_path / "two"),
+    ],
+    cwd=REPO,
+    env=dict(os.environ, XLA_FLAGS=flags),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  logs = "".join(p.read_text() for p in (tmp_path / "two").glob("process_*.log"))
+  assert two.returncode == 0, logs
+  loss_one = [m["loss"] for m in read_metrics(tmp_path / "one")]
+  loss_two = [m["loss"] for m in read_metrics(tmp_path / "two")]
+  assert len(loss_one) == len(loss_two) == 2
+  np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
+  for a, b in zip(
+    restore_params(tmp_path / "one", 2)[0], restore_params(tmp_path / "two", 2)[0], strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

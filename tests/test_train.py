@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from configs.autoencoder import get_config
 from fsq.data import pipeline
 from fsq.train import writers
-from fsq.train.checkpoint import Checkpointer, restore_on_one_device
+from fsq.train.checkpoint import Checkpointer, restore_to_host
 from fsq.train.loop import NonFiniteLossError, train_and_evaluate
 from tests.helpers import patched
 
@@ -45,7 +45,7 @@ def read_metrics(workdir, split="train"):
 
 
 def restore_state(workdir, step):
-  return restore_on_one_device(Path(workdir) / "checkpoints" / str(step))
+  return restore_to_host(Path(workdir) / "checkpoints" / str(step))
 
 
 def restore_params(workdir, step):

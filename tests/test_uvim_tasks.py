@@ -28,7 +28,7 @@ from fsq.tasks.uvim_outputs import (
   panoptic_loss,
   panoptic_stats,
 )
-from fsq.train.checkpoint import restore_on_one_device
+from fsq.train.checkpoint import restore_to_host
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
 from fsq.train.writers import read_config, write_config
@@ -296,7 +296,7 @@ def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
   native = evaluate(tmp_path / "two", ("dense_native",), 4)
   assert native["native/pq/all_pq"] == pytest.approx(final_two["pq/all_pq"], abs=1e-6)
   assert native["native/pq/things_sq"] == pytest.approx(final_two["pq/things_sq"], abs=1e-6, nan_ok=True)
-  trained = restore_on_one_device(tmp_path / "two" / "checkpoints" / "2")["params"]["encoder"]
+  trained = restore_to_host(tmp_path / "two" / "checkpoints" / "2")["params"]["encoder"]
   # Two Adam steps at 0.1 x 1e-3 move no weight by more than a few 1e-4; the run's own init is far off.
   assert 0 < largest_difference(trained, encoder) < 1e-3 < 0.05 < largest_difference(trained, own_init)
 

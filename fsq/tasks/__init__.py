@@ -18,7 +18,7 @@ from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
 from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
 from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
-from fsq.train.checkpoint import restore_step_on_one_device, saved_step
+from fsq.train.checkpoint import restore_step_to_host, saved_step
 from fsq.train.state import make_optimizer
 from fsq.train.writers import read_config
 
@@ -64,7 +64,7 @@ def restore_stage_one(config: ml_collections.ConfigDict) -> dict:
     raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
   step = config.get("tokenizer_step", 0)
   try:
-    return restore_step_on_one_device(Path(config.tokenizer_workdir) / "checkpoints", step)
+    return restore_step_to_host(Path(config.tokenizer_workdir) / "checkpoints", step)
   except ValueError as e:
     raise ValueError(f"config.tokenizer_step = {step}: {e}") from None
 

@@ -66,9 +66,11 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_on_one_device(step_dir: str | Path) -> dict:
-  """The state saved in a step directory, as arrays on the first local device, whatever mesh and
-  process count wrote it (for reading another run's state, e.g. a frozen tokenizer in stage II)."""
+def restore_to_host(step_dir: str | Path) -> dict:
+  """The state saved in a step directory as host numpy arrays, whatever mesh and process count wrote it
+  (for reading another run's state, e.g. a frozen tokenizer in stage II). Every process reads the whole
+  state; arrays on the host, unlike arrays committed to one device, can then be placed on a mesh that
+  spans several processes."""
   path = Path(step_dir).absolute() / "state"
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -76,7 +78,7 @@ def restore_on_one_device(step_dir: str | Path) -> dict:
     lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
     checkpointer.metadata(path).item_metadata,
   )
-  return checkpointer.restore(path, target)
+  return jax.device_get(checkpointer.restore(path, target))
 
 
 def saved_steps(directory: str | Path) -> list[int]:
@@ -98,6 +100,6 @@ def saved_step(directory: str | Path, step: int) -> int:
   return step or steps[-1]
 
 
-def restore_step_on_one_device(directory: str | Path, step: int) -> dict:
-  """``restore_on_one_device`` of checkpoint ``step`` in ``directory`` (0: the newest one)."""
-  return restore_on_one_device(Path(directory) / str(saved_step(directory, step)))
+def restore_step_to_host(directory: str | Path, step: int) -> dict:
+  """``restore_to_host`` of checkpoint ``step`` in ``directory`` (0: the newest one)."""
+  return restore_to_host(Path(directory) / str(saved_step(directory, step)))
