@@ -14,7 +14,8 @@ from configs.uvim import get_config
 from fsq import weights
 from fsq.data import builders
 from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
-from fsq.evals.run_eval import evaluate, load_run
+from fsq.evals.features import FeatureExtractor
+from fsq.evals.run_eval import colorization_fid, evaluate, load_run
 from fsq.tasks import build_task, build_uvim_stage_two_task
 from fsq.tasks.uvim_outputs import (
   ColorizationRepresentation,
@@ -31,7 +32,6 @@ from fsq.tasks.uvim_outputs import (
 from fsq.train.checkpoint import restore_to_host
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
-from fsq.train.writers import read_config, write_config
 from tests.helpers import inception_pool, patched
 from tests.test_evals import _fid_scipy
 from tests.test_train import read_metrics
@@ -328,10 +328,8 @@ def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_p
 
   # ColTran's protocol, scaled down: the colourings of images 0-1 against the disjoint images 2-3, both
   # area-resized to 32 px (2x2 block means) and rounded to 8-bit levels.
-  config_two = read_config(tmp_path / "two")
-  config_two.uvim.fid_reference_offset, config_two.uvim.fid_size = 2, 32
-  write_config(tmp_path / "two", config_two)
-  results = evaluate(tmp_path / "two", ("color_fid",), 2, cache_dir=tmp_path / "cache")
+  run.config.uvim.fid_reference_offset, run.config.uvim.fid_size = 2, 32
+  results = colorization_fid(run, FeatureExtractor(run.mesh), 2, cache_dir=tmp_path / "cache")
 
   def coltran(x):
     pooled = np.asarray(x, np.float64).reshape(-1, 32, 2, 32, 2, 3).mean(axis=(2, 4))
