@@ -89,10 +89,11 @@ def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.slow
 @needs_inception
-def test_evaluate_writes_results_with_reconstruction_fid(tfds_data_dir, tmp_path):
-  workdir = tmp_path / "run"
-  config = tiny_config(tfds_data_dir, "steps=2")
-  train_and_evaluate(config, workdir)
+def test_evaluate_writes_results_with_reconstruction_fid(maskgit_runs, tmp_path):
+  """On the module's tiny tokenizer (copied): results.json without and with rFID, and rFID recomputed
+  from the restored model's reconstructions (its EMA parameters) with scipy."""
+  copy_runs(maskgit_runs, tmp_path)
+  workdir = tmp_path / "tok"
   final = json.loads((workdir / "final_metrics.json").read_text())
   assert evaluate(workdir, (), num_images=10) == {**final, "step": 2.0}  # no metrics: no model loaded
   assert json.loads((workdir / "results.json").read_text()) == {**final, "step": 2.0}

@@ -78,9 +78,11 @@ def test_grid_labels_give_one_row_per_class_and_spread_large_label_sets(tfds_dat
 
 @pytest.mark.slow
 def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_data_dir, tmp_path):
-  """The frozen tokenizer is restored to the host and placed on the mesh of every process: stage II runs
-  as 2 processes x 2 devices (where a tokenizer committed to one device cannot be moved to the global
-  mesh) and trains exactly as 1 process x 4 devices."""
+  """Multi-process training equals one process: stage II as 2 processes x 2 devices (scripts.launch_local,
+  2 data shards) trains exactly as 1 process x 4 devices, losses and parameters. The frozen tokenizer is
+  restored to the host and placed on the mesh of every process (a tokenizer committed to one device
+  cannot be moved to a mesh that spans processes). This replaces the autoencoder's two-process test:
+  the same loop, launcher and sharded input, plus the frozen constants."""
   from tests.test_evals import _maskgit_config
   from tests.test_train import REPO, TINY, restore_params, run_cli
 
@@ -129,6 +131,7 @@ def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_d
   )
   logs = "".join(p.read_text() for p in (tmp_path / "two").glob("process_*.log"))
   assert two.returncode == 0, logs
+  assert "2 processes, 4 devices" in (tmp_path / "two" / "process_0.log").read_text()
   loss_one = [m["loss"] for m in read_metrics(tmp_path / "one")]
   loss_two = [m["loss"] for m in read_metrics(tmp_path / "two")]
   assert len(loss_one) == len(loss_two) == 2

@@ -1,7 +1,6 @@
 """The training system end to end: real data, mock data, exact resume, preemption, NaN, multi-process."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -231,43 +230,6 @@ def test_bad_config_fails_before_compiling(tfds_data_dir, tmp_path):
   result = run_cli(cli_args(tmp_path / "c", tfds_data_dir, 2, **{"quantizer.levels": "(8, 1)"}))
   assert result.returncode != 0 and "config.quantizer.levels" in result.stderr
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
-
-
-@pytest.mark.slow
-def test_two_processes_match_one_process_with_four_devices(tfds_data_dir, tmp_path):
-  overrides = {"data.num_shards": 2, "checkpoint_every_steps": 2}
-  # The tests' XLA flags without their device count: one process gets 4 devices, launch_local gives 2 each.
-  flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f)
-  env = dict(os.environ, XLA_FLAGS=f"{flags} --xla_force_host_platform_device_count=4")
-  one = run_cli(cli_args(tmp_path / "one", tfds_data_dir, 4, **overrides), env=env)
-  assert one.returncode == 0, one.stdout + one.stderr
-  two = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "scripts.launch_local",
-      "--num_processes=2",
-      "--devices_per_process=2",
-      "--",
-      *cli_args(tmp_path / "two", tfds_data_dir, 4, **overrides),
-    ],
-    cwd=REPO,
-    env=dict(os.environ, XLA_FLAGS=flags),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  logs = "".join(p.read_text() for p in (tmp_path / "two").glob("process_*.log"))
-  assert two.returncode == 0, logs
-  assert "2 processes, 4 devices" in (tmp_path / "two" / "process_0.log").read_text()
-  loss_one = [m["loss"] for m in read_metrics(tmp_path / "one")]
-  loss_two = [m["loss"] for m in read_metrics(tmp_path / "two")]
-  assert len(loss_one) == len(loss_two) == 4
-  np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
-  for a, b in zip(
-    restore_params(tmp_path / "one", 4)[0], restore_params(tmp_path / "two", 4)[0], strict=True
-  ):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_tpu_launcher_dry_run_prints_one_command_for_all_workers():
