@@ -126,7 +126,7 @@ def test_perceptual_loss_is_zero_on_equal_images_symmetric_and_grey_is_rgb_repea
   a = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 1)), jnp.float32)
   b = jnp.clip(a + jnp.asarray(rng.normal(0, 0.3, a.shape), jnp.float32), -1, 1)
   loss = jax.jit(resnet.perceptual_loss)
-  assert float(loss(imagenet_weights, a, a)) == 0.0
+  assert float(loss(imagenet_weights, a, a)) == pytest.approx(0.0, abs=1e-9)
   ab = float(loss(imagenet_weights, a, b))
   assert ab > 0 and ab == pytest.approx(float(loss(imagenet_weights, b, a)), rel=1e-5)
   rgb = float(loss(imagenet_weights, jnp.repeat(a, 3, -1), jnp.repeat(b, 3, -1)))

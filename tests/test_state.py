@@ -75,19 +75,27 @@ def test_bad_schedules_are_named():
     learning_rate_schedule(1.0, 0, 10, "linear")
 
 
-def test_learning_rate_multipliers_scale_the_whole_update_of_the_matching_parameters():
-  """big_vision's lr_mults: the Dense layer's update (Adam step and decay) at 0.1, everything else as is."""
+def test_learning_rate_multipliers_scale_adams_step_of_the_matching_parameters_but_not_the_decay():
+  """big_vision's lr_mults: the Dense layer's Adam step at 0.1 (the first matching pattern wins), its
+  weight decay and everything else as without multipliers."""
   params = _params()
+  mults = (("Dense_0/.*", 0.1), ("Dense_.*", 5.0))
+  # Without decay: the Dense layer's update is 0.1 x the plain one.
   grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.3, params)
-  plain = make_optimizer(0.1, 0, 8, weight_decay=0.5)
-  scaled = make_optimizer(
-    0.1, 0, 8, weight_decay=0.5, lr_multipliers=(("Dense_0/.*", 0.1), ("Dense_.*", 5.0))
-  )
+  plain, scaled = make_optimizer(0.1, 0, 8), make_optimizer(0.1, 0, 8, lr_multipliers=mults)
   reference, _ = plain.update(grads, plain.init(params), params)
   updates, _ = scaled.update(grads, scaled.init(params), params)
-  for path, u in jax.tree_util.tree_leaves_with_path(updates):
-    r = reference
-    for key in path:
-      r = r[key.key]
-    factor = 0.1 if path[0].key == "Dense_0" else 1.0  # the first matching pattern wins
+  for (path, u), r in zip(
+    jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(reference), strict=True
+  ):
+    factor = 0.1 if path[0].key == "Dense_0" else 1.0
     np.testing.assert_allclose(u, factor * np.asarray(r), rtol=1e-6)
+  # With zero gradients only the decay moves the kernels: the multipliers leave it alone.
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  plain = make_optimizer(0.1, 0, 8, weight_decay=0.5)
+  scaled = make_optimizer(0.1, 0, 8, weight_decay=0.5, lr_multipliers=mults)
+  reference, _ = plain.update(zeros, plain.init(params), params)
+  updates, _ = scaled.update(zeros, scaled.init(params), params)
+  for u, r in zip(jax.tree.leaves(updates), jax.tree.leaves(reference), strict=True):
+    np.testing.assert_array_equal(u, r)
+  assert float(jnp.abs(updates["Dense_0"]["kernel"]).max()) > 0

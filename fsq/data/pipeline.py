@@ -210,10 +210,11 @@ def inception_box(
   aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
   attempts: int = 100,
 ) -> tuple[int, int, int, int]:
-  """A random crop box (top, left, h, w) of an image (height, width), as big_vision's ``inception_box``
-  (``tf.image.sample_distorted_bounding_box``): up to ``attempts`` draws of an area fraction uniform in
-  ``area_range`` and an aspect ratio w / h uniform in ``aspect_range``; the first box that fits is placed
-  uniformly; if none fits, the whole image."""
+  """A random crop box (top, left, h, w) of an image (height, width) in the manner of big_vision's
+  ``inception_box`` (its ranges; ``tf.image.sample_distorted_bounding_box`` draws the height rather than the
+  area uniformly): up to ``attempts`` draws of an area fraction uniform in ``area_range`` and an aspect
+  ratio w / h uniform in ``aspect_range``; the first box that fits is placed uniformly; if none fits, the
+  whole image."""
   for _ in range(attempts):
     area = rng.uniform(*area_range) * height * width
     aspect = rng.uniform(*aspect_range)

@@ -114,6 +114,12 @@ def reconstruction_fid(
   return {"rfid": _fid(real, fake), "rfid/num_images": float(num_images)}
 
 
+def _single_process(metric: str) -> None:
+  """These metrics read the evaluation split whole in one process (sharded evaluation is not built yet)."""
+  if jax.process_count() > 1:
+    raise ValueError(f"metric {metric!r} runs in one process, this job has {jax.process_count()}")
+
+
 def area_resize_to_8_bit(images: np.ndarray, size: int) -> np.ndarray:
   """(B, S, S, C) in [-1, 1] -> (B, size, size, C): the mean of each (S / size)^2 block (area resizing;
   ``size`` must divide S), rounded to the 256 levels of 8-bit images, as ColTran's FID protocol stores
@@ -136,6 +142,12 @@ def colorization_fid(
   256 px and rounded to 8 bits. Offset 0 and size 0 (the CPU runs): against the same images, as they are."""
   task = run.task
   offset, size = run.config.uvim.get("fid_reference_offset", 0), run.config.uvim.get("fid_size", 0)
+  _single_process("color_fid")
+  if 0 < offset < num_images:
+    raise ValueError(
+      f"num_images = {num_images} would overlap the reference images from config.uvim.fid_reference_offset"
+      f" = {offset}: use at most {offset}"
+    )
   colour = jax.jit(
     lambda state, constants, images: task.representation.predict(
       task.predict_outputs(state, constants, images)[0]
@@ -269,6 +281,7 @@ def dense_native(run: LoadedRun, num_images: int) -> dict[str, float]:
   from fsq.data import dense_targets
   from fsq.evals import dense_native as native
 
+  _single_process("dense_native")
   task, config = run.task, run.config
   rep, data = task.representation, config.data
   source = run.pipeline.eval_source

@@ -10,9 +10,8 @@ As in big_vision (``big_vision/models/vit.py``): attention kernels xavier-unifor
 dropout; MLP kernels xavier-uniform, MLP biases normal(1e-6); learned position embeddings
 normal(1/sqrt(width)) or fixed 2-D sin-cos (MoCo v3); LayerNorm epsilon 1e-6. Parameter names follow
 big_vision (``embedding``, ``pos_embedding``, ``Transformer/encoderblock_{i}/...``,
-``Transformer/encoder_norm``). There is no loader of big_vision's checkpoints yet: UViM initialises the
-stage II encoder from ViT-L/16 ImageNet-21k, and here it trains from scratch (the README's table of
-differences from the references).
+``Transformer/encoder_norm``), so that ``fsq.models.vit_checkpoint`` reads big_vision's ViT checkpoints
+into it (UViM's stage II encoder starts from the ImageNet-21k ViT-L/16: ``vtt.encoder_init``).
 """
 
 from __future__ import annotations

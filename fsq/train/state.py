@@ -72,8 +72,8 @@ def path_name(path) -> str:
 
 def scale_by_multipliers(multipliers: tuple[tuple[str, float], ...]) -> optax.GradientTransformation:
   """Multiplies each parameter's update by the factor of the first (regex, factor) whose regex matches the
-  whole ``path_name`` of the parameter (1 if none does): per-parameter learning-rate multipliers, as
-  big_vision's ``lr_mults`` (UViM's stage II trains its pretrained encoder at 0.1 of the rate)."""
+  whole ``path_name`` of the parameter (1 if none does): per-parameter learning-rate multipliers of the
+  optimizer's step, as big_vision's ``lr_mults`` (UViM's stage II trains its pretrained encoder at 0.1)."""
   patterns = [(re.compile(regex), float(factor)) for regex, factor in multipliers]
 
   def factor(path) -> float:
@@ -98,14 +98,16 @@ def make_optimizer(
   schedule: str = "cosine",
   lr_multipliers: tuple[tuple[str, float], ...] = (),
 ) -> optax.GradientTransformation:
-  """Adam(W) at ``learning_rate_schedule``, decoupled weight decay on kernels only (``kernels_only``;
-  optax multiplies it by the rate), optional global-norm clipping of the gradients first, and
-  per-parameter multipliers of the whole update last (``scale_by_multipliers``)."""
+  """AdamW at ``learning_rate_schedule``: optional global-norm clipping of the gradients, Adam's step,
+  optional per-parameter multipliers of that step (``scale_by_multipliers``), decoupled weight decay on
+  kernels only (``kernels_only``), all times the rate (optax's ``adamw`` in pieces: the decay is
+  multiplied by the rate, not by the multipliers, as big_vision's ``lr_mults`` leave decay alone)."""
   lr = learning_rate_schedule(learning_rate, warmup_steps, total_steps, schedule)
   parts = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
-  parts.append(optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay, mask=kernels_only))
-  if lr_multipliers:
+  parts.append(optax.scale_by_adam(b1=b1, b2=b2))
+  if lr_multipliers:  # on Adam's step only, before the decay, as big_vision orders its lr_mults
     parts.append(scale_by_multipliers(tuple(lr_multipliers)))
+  parts += [optax.add_decayed_weights(weight_decay, mask=kernels_only), optax.scale_by_learning_rate(lr)]
   return optax.chain(*parts)
 
 
