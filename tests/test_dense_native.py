@@ -3,6 +3,7 @@ at the model's resolution against the original maps, on constructed examples of 
 
 import numpy as np
 
+from fsq.data import pipeline
 from fsq.data.pipeline import ImageSource
 from fsq.evals import dense_native
 from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
@@ -13,9 +14,9 @@ S = 8  # the model's resolution
 
 def test_resize_nearest_takes_the_pixel_under_each_centre():
   values = np.arange(6).reshape(2, 3)
-  np.testing.assert_array_equal(dense_native.resize_nearest(values, 4, 3), values[[0, 0, 1, 1]])
-  np.testing.assert_array_equal(dense_native.resize_nearest(values, 2, 2), [[0, 2], [3, 5]])
-  assert dense_native.resize_nearest(np.zeros((5, 7, 2)), 3, 4).shape == (3, 4, 2)
+  np.testing.assert_array_equal(pipeline.resize_nearest(values, 4, 3), values[[0, 0, 1, 1]])
+  np.testing.assert_array_equal(pipeline.resize_nearest(values, 2, 2), [[0, 2], [3, 5]])
+  assert pipeline.resize_nearest(np.zeros((5, 7, 2)), 3, 4).shape == (3, 4, 2)
 
 
 def _upsample(values, height, width):

@@ -122,22 +122,24 @@ def test_evaluate_rejects_bad_requests_before_loading(tmp_path):
     evaluate(tmp_path, ("rfid",), 10)
 
 
+# The tiny MaskGIT pair's overrides of configs/maskgit.py (run=cpu), both stages.
+MASKGIT_TINY = {
+  **TINY,
+  "num_train_steps": 2,
+  "num_eval_batches": 1,
+  "gan.disc_filters": 8,
+  "transformer.hidden": 32,
+  "transformer.num_layers": 1,
+  "transformer.num_heads": 2,
+  "transformer.mlp_dim": 64,
+  "sampling.num_steps": 4,
+  "sampling.samples_per_class": 1,
+}
+
+
 def _maskgit_config(data_dir, stage, **extra):
   config = get_maskgit_config(f"stage={stage},run=cpu,quantizer=fsq")
-  tiny = {
-    **TINY,
-    "data.data_dir": str(data_dir),
-    "num_train_steps": 2,
-    "num_eval_batches": 1,
-    "gan.disc_filters": 8,
-    "transformer.hidden": 32,
-    "transformer.num_layers": 1,
-    "transformer.num_heads": 2,
-    "transformer.mlp_dim": 64,
-    "sampling.num_steps": 4,
-    "sampling.samples_per_class": 1,
-    **extra,
-  }
+  tiny = {**MASKGIT_TINY, "data.data_dir": str(data_dir), **extra}
   return patched(config, tiny)
 
 

@@ -83,23 +83,14 @@ def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_d
   restored to the host and placed on the mesh of every process (a tokenizer committed to one device
   cannot be moved to a mesh that spans processes). This replaces the autoencoder's two-process test:
   the same loop, launcher and sharded input, plus the frozen constants."""
-  from tests.test_evals import _maskgit_config
-  from tests.test_train import REPO, TINY, restore_params, run_cli
+  from tests.test_evals import MASKGIT_TINY, _maskgit_config
+  from tests.test_train import REPO, restore_params, run_cli
 
   train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer"), tmp_path / "tok")
   overrides = {  # the tiny stage II of _maskgit_config, on 2 data shards
-    **TINY,
+    **MASKGIT_TINY,
     "data.data_dir": tfds_data_dir,
     "data.num_shards": 2,
-    "num_train_steps": 2,
-    "num_eval_batches": 1,
-    "gan.disc_filters": 8,
-    "transformer.hidden": 32,
-    "transformer.num_layers": 1,
-    "transformer.num_heads": 2,
-    "transformer.mlp_dim": 64,
-    "sampling.num_steps": 2,
-    "sampling.samples_per_class": 1,
     "tokenizer_workdir": tmp_path / "tok",
   }
 

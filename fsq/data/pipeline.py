@@ -180,6 +180,15 @@ def _dense(example: dict[str, Any]) -> dict[str, Any]:
   return {k: v for k, v in example.items() if k not in ("image", "label", "record_key")}
 
 
+def resize_nearest(values: np.ndarray, height: int, width: int) -> np.ndarray:
+  """A map (h, w, ...) -> (height, width, ...) by nearest neighbour at pixel centres: output pixel (i, j)
+  takes input pixel (floor((i + 0.5) h / height), floor((j + 0.5) w / width))."""
+  h, w = values.shape[:2]
+  rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+  cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+  return values[rows[:, None], cols[None, :]]
+
+
 def resize_map(values: np.ndarray, image_size: int, resize_mode: str) -> np.ndarray:
   """A per-pixel map (H, W) resized as ``resize_image`` resizes its image, by nearest neighbour (labels
   and depths are never blended); 'pad' fills with 0 (depth 0 is invalid; labels need a class 0 or a
@@ -191,15 +200,11 @@ def resize_map(values: np.ndarray, image_size: int, resize_mode: str) -> np.ndar
     out[top : top + height, left : left + width] = values
     return out
   if resize_mode == "squash":
-    rows = np.minimum((np.arange(image_size) + 0.5) * height / image_size, height - 1).astype(np.int64)
-    cols = np.minimum((np.arange(image_size) + 0.5) * width / image_size, width - 1).astype(np.int64)
-    return values[rows[:, None], cols[None, :]]
+    return resize_nearest(values, image_size, image_size)
   scale = image_size / min(height, width)
   new_height, new_width = max(image_size, round(height * scale)), max(image_size, round(width * scale))
-  rows = np.minimum((np.arange(new_height) + 0.5) * height / new_height, height - 1).astype(np.int64)
-  cols = np.minimum((np.arange(new_width) + 0.5) * width / new_width, width - 1).astype(np.int64)
   top, left = (new_height - image_size) // 2, (new_width - image_size) // 2
-  return values[rows[top : top + image_size][:, None], cols[left : left + image_size][None, :]]
+  return resize_nearest(values, new_height, new_width)[top : top + image_size, left : left + image_size]
 
 
 def inception_box(

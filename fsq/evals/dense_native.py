@@ -15,17 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fsq.data.pipeline import ImageSource, decode_image, resize_image
+from fsq.data.pipeline import ImageSource, decode_image, resize_image, resize_nearest
 from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
-
-
-def resize_nearest(values: np.ndarray, height: int, width: int) -> np.ndarray:
-  """A map (h, w, ...) -> (height, width, ...) by nearest neighbour at pixel centres: output pixel (i, j)
-  takes input pixel (floor((i + 0.5) h / height), floor((j + 0.5) w / width))."""
-  h, w = values.shape[:2]
-  rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-  cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-  return values[rows[:, None], cols[None, :]]
 
 
 def native_batches(
