@@ -36,3 +36,14 @@ def inception_pool(images: np.ndarray) -> np.ndarray:
   directly on one device: the reference for the sharded, batched FeatureExtractor."""
   params, features = _inception()
   return np.asarray(features(params, np.asarray(images)), np.float64)
+
+
+def flat_params(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+  """A parameter tree as big_vision saves it: one array per "/"-joined path."""
+  out = {}
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flat_params(value, f"{prefix}{name}/"))
+    else:
+      out[f"{prefix}{name}"] = np.asarray(value)
+  return out

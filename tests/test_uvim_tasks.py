@@ -33,7 +33,7 @@ from fsq.tasks.uvim_outputs import (
 from fsq.train.checkpoint import restore_to_host
 from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
-from tests.helpers import inception_pool, patched
+from tests.helpers import flat_params, inception_pool, patched
 from tests.test_evals import _fid_scipy
 from tests.test_train import read_metrics
 
@@ -234,20 +234,12 @@ def test_stage_one_depth_trains_and_evaluates(scenes_dir, tmp_path):
   assert (tmp_path / "images" / "eval_oracle_00000002.png").exists()
 
 
-def _flat(tree, prefix=""):
-  """A parameter tree as big_vision saves it: one array per "/"-joined path."""
-  out = {}
-  for name, value in tree.items():
-    out.update(_flat(value, f"{prefix}{name}/") if isinstance(value, dict) else {f"{prefix}{name}": value})
-  return out
-
-
 def _stage_two_encoder_checkpoint(config, path, seed):
   """Writes the image encoder of a freshly initialised stage II VTT as a big_vision ``.npz``."""
   task = build_uvim_stage_two_task(config, stage_one_variables={})
   init = jax.jit(task.init)(jax.random.key(seed), {"image": jnp.zeros((2, 64, 64, 3))})
   encoder = jax.device_get(init.params["encoder"])
-  np.savez(path, **_flat(encoder))
+  np.savez(path, **flat_params(encoder))
   return task, encoder
 
 

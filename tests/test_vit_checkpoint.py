@@ -7,6 +7,7 @@ import pytest
 
 from fsq.models.vit import ViT
 from fsq.models.vit_checkpoint import read_vit_npz, vit_params_from_checkpoint
+from tests.helpers import flat_params
 
 # big_vision's pre-Linen block layout (the "How to train your ViT" checkpoints): one counter across classes.
 OLD_BLOCK_NAMES = {
@@ -23,21 +24,11 @@ def _vit_params(image_size, seed=0):
   return jax.device_get(jax.jit(model.init)(jax.random.key(seed), images)["params"])
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for name, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{name}/"))
-    else:
-      out[f"{prefix}{name}"] = np.asarray(value)
-  return out
-
-
 def _write_old_layout(path, params, cls_posemb):
   """``params`` as big_vision's old checkpoints store them: pre-Linen block names, the position
   embedding in Transformer/posembed_input with the class token's slot first, plus cls and a head."""
   flat = {}
-  for key, value in _flat(params).items():
+  for key, value in flat_params(params).items():
     parts = key.split("/")
     if parts[0] == "Transformer" and parts[1].startswith("encoderblock_"):
       parts[2] = OLD_BLOCK_NAMES[parts[2]]
@@ -66,7 +57,7 @@ def test_position_embeddings_are_resampled_bilinearly_to_a_larger_grid(tmp_path)
   rows, cols = np.mgrid[:4, :4]
   a, b = np.linspace(1, 2, 8), np.linspace(-1, 0.5, 8)
   small["pos_embedding"] = (rows.reshape(1, 16, 1) * a + cols.reshape(1, 16, 1) * b).astype(np.float32)
-  np.savez(tmp_path / "new.npz", **_flat(small))
+  np.savez(tmp_path / "new.npz", **flat_params(small))
   loaded = vit_params_from_checkpoint(tmp_path / "new.npz", jax.eval_shape(lambda: large))
   rows, cols = np.mgrid[:8, :8] * 3 / 7
   expected = rows.reshape(1, 64, 1) * a + cols.reshape(1, 64, 1) * b
@@ -76,7 +67,7 @@ def test_position_embeddings_are_resampled_bilinearly_to_a_larger_grid(tmp_path)
 
 def test_a_checkpoint_that_does_not_fit_names_each_parameter(tmp_path):
   params = _vit_params(16)
-  flat = _flat(params)
+  flat = flat_params(params)
   del flat["Transformer/encoder_norm/scale"]
   flat["embedding/kernel"] = np.zeros((4, 4, 1, 8), np.float32)
   np.savez(tmp_path / "bad.npz", **flat)
