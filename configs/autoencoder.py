@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 250
   c.max_to_keep = 3
+  # A multi-process job agrees on stopping (after SIGTERM or SIGHUP) every this many steps: a cross-host
+  # collective, kept off most steps. One process checks its own flag every step.
+  c.preemption_check_every_steps = 10
   c.num_eval_batches = -1  # -1: the whole evaluation split
   c.debug_nan_at_step = -1  # fault injection for tests: the batch of this step becomes NaN
 

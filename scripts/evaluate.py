@@ -11,7 +11,9 @@ probabilities and by range coding), color_fid (UViM stage II colorization: FID o
 evaluation images against the images), dense_native (UViM stage II depth or panoptic: the metric at each
 image's original resolution, as the paper reports it). FID uses the standard Inception network (``make
 weights``) on the first NUM_IMAGES images of the evaluation split, whose features are cached under
-artifacts/fid_reference.
+artifacts/fid_reference. Multi-process jobs take the flags of scripts.train (``scripts.launch_local
+--module scripts.evaluate`` on one machine); rfid, fid and compression run on every process's share of
+the batches, color_fid and dense_native in one process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+
+from fsq.train import distributed
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     help="comma-separated: rfid, fid, compression, color_fid, dense_native ('' = none)",
   )
   parser.add_argument("--num_images", type=int, default=2000, help="images for FID and compression")
+  parser.add_argument("--distributed", choices=distributed.MODES, default="auto", help="as scripts.train")
+  parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
   args = parser.parse_args(argv)
+  distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
   logging.basicConfig(
     level=logging.INFO,
     format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -1,7 +1,9 @@
-"""Runs one training job as N processes on this machine, for testing multi-host code on CPU.
+"""Runs one training (or evaluation) job as N processes on this machine, for testing multi-host code on CPU.
 
   python -m scripts.launch_local --num_processes 2 --devices_per_process 2 -- \\
       --config configs/autoencoder.py --workdir runs/two_process
+  python -m scripts.launch_local --module scripts.evaluate --log_dir L -- \\
+      --workdir runs/two_process --metrics rfid
 
 Each process gets ``--coordinator_address localhost:PORT --num_processes N --process_id i`` and
 ``--xla_force_host_platform_device_count`` devices; its output goes to WORKDIR/process_<i>.log. The
@@ -25,8 +27,15 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(num_processes: int, devices_per_process: int, train_args: list[str], log_dir: Path) -> int:
-  """Starts the processes, waits for all of them, returns 0 or the first failure's exit code."""
+def launch(
+  num_processes: int,
+  devices_per_process: int,
+  train_args: list[str],
+  log_dir: Path,
+  module: str = "scripts.train",
+) -> int:
+  """Starts the processes (``python -m module``), waits for all of them, returns 0 or the first
+  failure's exit code."""
   if num_processes < 1 or devices_per_process < 1:
     raise ValueError(
       f"num_processes and devices_per_process must be >= 1, got {num_processes}, {devices_per_process}"
@@ -42,7 +51,7 @@ def launch(num_processes: int, devices_per_process: int, train_args: list[str], 
     cmd = [
       sys.executable,
       "-m",
-      "scripts.train",
+      module,
       *train_args,
       f"--coordinator_address=localhost:{port}",
       f"--num_processes={num_processes}",
@@ -70,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--devices_per_process", type=int, default=2)
   parser.add_argument(
-    "--log_dir", type=Path, default=None, help="default: the --workdir of the training args"
+    "--module", default="scripts.train", help="what each process runs: scripts.train or scripts.evaluate"
+  )
+  parser.add_argument(
+    "--log_dir", type=Path, default=None, help="default: the --workdir of the job's arguments"
   )
   parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of scripts.train")
   args = parser.parse_args(argv)
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if not workdirs:
       parser.error("pass --workdir=DIR among the training arguments, or --log_dir")
     log_dir = Path(workdirs[0])
-  return launch(args.num_processes, args.devices_per_process, train_args, log_dir)
+  return launch(args.num_processes, args.devices_per_process, train_args, log_dir, args.module)
 
 
 if __name__ == "__main__":

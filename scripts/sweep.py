@@ -74,10 +74,12 @@ def evaluate_command(run: Run, directory: Path, python: str = sys.executable) ->
   return command
 
 
-def tpu_command(train: Sequence[str], tpu: str, zone: str, dry_run: bool) -> list[str]:
-  """``train`` (a train_command) run on every worker of the pod slice ``tpu`` by launch_tpu.sh."""
+def tpu_command(train: Sequence[str], name: str, tpu: str, zone: str, dry_run: bool) -> list[str]:
+  """``train`` (a train_command) run on every worker of the pod slice ``tpu`` by launch_tpu.sh as job
+  ``name`` (detached from the SSH session; launching it again after a dropped connection attaches)."""
   flags = ["--dry-run"] if dry_run else []
-  return ["bash", str(LAUNCH_TPU), *flags, "--tpu", tpu, "--zone", zone, "--", *train[3:]]
+  job = ["--name", name.replace("/", "_")]
+  return ["bash", str(LAUNCH_TPU), *flags, "--tpu", tpu, "--zone", zone, *job, "--", *train[3:]]
 
 
 def select(runs: Sequence[Run], patterns: Sequence[str] | None) -> list[Run]:
@@ -172,7 +174,7 @@ class Sweep:
     """What the sweep launches for ``run``: training, then (locally) evaluation."""
     train = train_command(run, self.directory, self.overrides)
     if self.tpu is not None:
-      return [tpu_command(train, *self.tpu)]
+      return [tpu_command(train, run.name, *self.tpu)]
     return [train, evaluate_command(run, self.directory)]
 
   def execute(self, run: Run) -> Outcome:

@@ -176,12 +176,15 @@ def test_evaluate_stage_two_sampling_fid_and_compression(maskgit_runs, tmp_path)
   assert abs(bits - np.log2(1000)) < 0.3, bits
   coded = results["compression/coded_bits_per_token"]
   assert bits - 0.01 <= coded <= bits + 64 / (8 * 256), (bits, coded)
-  labels = np.concatenate([b["label"] for b in sample_batches(load_run(tmp_path / "maskgit"), 20, 10)])
-  np.testing.assert_array_equal(labels, np.arange(20) % 10)
+  run = load_run(tmp_path / "maskgit")
+  labels = np.concatenate([b["label"] for b in sample_batches(run, 24, 8)])
+  np.testing.assert_array_equal(labels, np.arange(24) % 10)
+  with pytest.raises(ValueError, match="batch_size = 10 must divide over the mesh's 8 batch shards"):
+    next(sample_batches(run, 20, 10))
 
   # The paper's protocol compares samples with the training split: the reference features are those of
   # the first training images, the same as a run whose evaluation split is the training split reads.
-  run, as_eval = load_run(tmp_path / "maskgit"), load_run(tmp_path / "maskgit")
+  as_eval = load_run(tmp_path / "maskgit")
   extractor = FeatureExtractor(run.mesh)
   train = run_eval._reference(run, extractor, 8, tmp_path / "cache", "train")
   as_eval.config.data.eval_split = "train"

@@ -165,8 +165,13 @@ def test_tpu_dry_run_prints_one_gcloud_command_per_training_and_the_evaluations(
   assert sweep.main([*argv, "--dry-run"]) == 0
   out = capfd.readouterr().out
   gcloud = [line for line in out.splitlines() if line.startswith("gcloud")]
-  assert len(gcloud) == 4 and all("--worker=all" in line and "scripts.train" in line for line in gcloud)
-  assert "run=imagenet256" in gcloud[0] and f"tokenizer_workdir={tmp_path}" in gcloud[1].replace("\\", "")
+  # Per run: start the training on every worker (a job named after the run), then wait on worker 0.
+  start, wait = gcloud[::2], gcloud[1::2]
+  assert len(start) == len(wait) == 4
+  assert all("--worker=all" in line and "scripts.train" in line for line in start)
+  assert all("--worker=0" in line and "scripts.train" not in line for line in wait)
+  assert "run=imagenet256" in start[0] and f"tokenizer_workdir={tmp_path}" in start[1].replace("\\", "")
+  assert "logs/fsq_stage1.pid" in start[0] and "logs/fsq_stage1.pid" in wait[0]
   assert len([line for line in out.splitlines() if "scripts.evaluate" in line]) == 4
   assert not list(tmp_path.iterdir())  # a dry run writes nothing
   with pytest.raises(SystemExit):

@@ -1,6 +1,7 @@
 """The training system end to end: real data, mock data, exact resume, preemption, NaN, multi-process."""
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -59,9 +60,9 @@ def cli_args(workdir, data_dir, steps, **overrides):
   return args
 
 
-def run_cli(args, env=None, **kwargs):
+def run_cli(args, env=None, module="scripts.train", **kwargs):
   return subprocess.run(
-    [sys.executable, "-m", "scripts.train", *args],
+    [sys.executable, "-m", module, *args],
     cwd=REPO,
     env=env,
     capture_output=True,
@@ -69,6 +70,35 @@ def run_cli(args, env=None, **kwargs):
     timeout=600,
     **kwargs,
   )
+
+
+def without_device_count(xla_flags: str) -> str:
+  return " ".join(f for f in xla_flags.split() if "device_count" not in f)
+
+
+def run_one_process(args, num_devices, module="scripts.train", **env):
+  """``python -m module args`` as one process with ``num_devices`` CPU devices."""
+  flags = without_device_count(os.environ["XLA_FLAGS"])
+  devices = f"{flags} --xla_force_host_platform_device_count={num_devices}"
+  done = run_cli(args, env=dict(os.environ, XLA_FLAGS=devices, **env), module=module)
+  assert done.returncode == 0, done.stdout + done.stderr
+
+
+def run_two_processes(args, log_dir, module="scripts.train", **env):
+  """``python -m module args`` as 2 processes x 2 CPU devices (scripts.launch_local), logs in log_dir."""
+  launcher = [
+    "--num_processes=2",
+    "--devices_per_process=2",
+    f"--module={module}",
+    f"--log_dir={log_dir}",
+    "--",
+    *args,
+  ]
+  flags = without_device_count(os.environ["XLA_FLAGS"])
+  done = run_cli(launcher, env=dict(os.environ, XLA_FLAGS=flags, **env), module="scripts.launch_local")
+  assert done.returncode == 0, "".join(p.read_text() for p in sorted(Path(log_dir).glob("process_*.log")))
+  if module == "scripts.train":
+    assert "2 processes, 4 devices" in (Path(log_dir) / "process_0.log").read_text()
 
 
 def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
@@ -230,6 +260,83 @@ def test_bad_config_fails_before_compiling(tfds_data_dir, tmp_path):
   result = run_cli(cli_args(tmp_path / "c", tfds_data_dir, 2, **{"quantizer.levels": "(8, 1)"}))
   assert result.returncode != 0 and "config.quantizer.levels" in result.stderr
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_sighup_and_sigterm_ask_the_loop_to_save_and_stop_and_the_handlers_are_restored():
+  from fsq.train.loop import _Preemption
+
+  before = {s: signal.getsignal(s) for s in _Preemption.SIGNALS}
+  for sig in (signal.SIGHUP, signal.SIGTERM):
+    with _Preemption() as preemption:
+      assert not preemption.agreed(1, 10)
+      os.kill(os.getpid(), sig)
+      time.sleep(0.05)  # Python runs the handler between bytecodes of the main thread
+      assert preemption.agreed(1, 10) and preemption.signal_name == sig.name
+    assert {s: signal.getsignal(s) for s in _Preemption.SIGNALS} == before
+
+
+def _fake_checkout(root: Path, exit_code: int) -> Path:
+  """A checkout whose .venv/bin/python echoes its arguments, runs until a file named ``stop`` appears in
+  the checkout, then exits with ``exit_code``: a stand-in for a long training, to test how
+  launch_tpu.sh starts, detaches, attaches and waits."""
+  python = root / ".venv" / "bin" / "python"
+  python.parent.mkdir(parents=True)
+  python.write_text(
+    f'#!/bin/bash\necho "args: $*"\nwhile [ ! -f stop ]; do sleep 0.1; done\nexit {exit_code}\n'
+  )
+  python.chmod(0o755)
+  return root
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  return True
+
+
+def test_tpu_launcher_detaches_the_training_from_the_session_and_reattaches(tmp_path):
+  """launch_tpu.sh with its remote commands run by a local bash (FSQ_TPU_SSH=local): the training
+  outlives the launcher's session (a dropped SSH connection, SIGHUP to its process group), launching
+  again attaches to it instead of starting a second copy, and the launcher exits with its status."""
+  repo = _fake_checkout(tmp_path / "repo", exit_code=3)
+  env = dict(os.environ, FSQ_TPU_SSH="local", FSQ_TPU_POLL_S="0.1")
+  launch = [
+    "bash",
+    f"{REPO}/scripts/launch_tpu.sh",
+    "--tpu",
+    "x",
+    "--zone",
+    "z",
+    "--repo",
+    str(repo),
+    "--name",
+    "tok",
+  ]
+  args = ["--", "--workdir", "/w", "--config.quantizer.levels=(8, 5)"]
+  first = subprocess.Popen(
+    [*launch, *args], env=env, start_new_session=True, stdout=subprocess.PIPE, text=True
+  )
+  deadline = time.time() + 30
+  while not (repo / "logs" / "tok.log").exists() or "args" not in (repo / "logs" / "tok.log").read_text():
+    assert time.time() < deadline and first.poll() is None
+    time.sleep(0.05)
+  os.killpg(first.pid, signal.SIGHUP)  # the session that launched it goes away
+  first.wait(timeout=30)
+  pid = int((repo / "logs" / "tok.pid").read_text())
+  assert _alive(pid)
+  again = subprocess.run([*launch, "--detach", *args], env=env, capture_output=True, text=True, timeout=30)
+  assert again.returncode == 0 and f"tok is running (pid {pid}): attaching" in again.stdout
+  (repo / "stop").touch()
+  waited = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=60)
+  assert waited.returncode == 3, waited.stdout + waited.stderr
+  assert not _alive(pid) and (repo / "logs" / "tok.rc").read_text().strip() == "3"
+  log = (repo / "logs" / "tok.log").read_text()
+  assert log.count("args: -m scripts.train --workdir /w --config.quantizer.levels=(8, 5)") == 1
+  # The job ended: the next launch starts a new one.
+  fresh = subprocess.run([*launch, *args], env=env, capture_output=True, text=True, timeout=60)
+  assert fresh.returncode == 3 and "started tok" in fresh.stdout
 
 
 def test_tpu_launcher_dry_run_prints_one_command_for_all_workers():

@@ -35,7 +35,7 @@ from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
 from tests.helpers import flat_params, inception_pool, patched
 from tests.test_evals import _fid_scipy
-from tests.test_train import read_metrics
+from tests.test_train import REPO, read_metrics, restore_params, run_one_process, run_two_processes
 
 TINY = {
   "batch_size": 8,
@@ -224,14 +224,54 @@ def _final_metrics(workdir):
   return json.loads((workdir / "final_metrics.json").read_text())
 
 
-def test_stage_one_depth_trains_and_evaluates(scenes_dir, tmp_path):
-  config = tiny_config(scenes_dir, "stage=oracle,task=depth,quantizer=fsq")
-  final = train_and_evaluate(config, tmp_path)
-  assert final == _final_metrics(tmp_path)
+@pytest.fixture(scope="module")
+def depth_stage_one(scenes_dir, tmp_path_factory):
+  """A tiny UViM depth stage I (FSQ) trained 2 steps, once for the module: (workdir, final metrics)."""
+  workdir = tmp_path_factory.mktemp("depth_stage_one")
+  final = train_and_evaluate(tiny_config(scenes_dir, "stage=oracle,task=depth,quantizer=fsq"), workdir)
+  return workdir, final
+
+
+def test_stage_one_depth_trains_and_evaluates(depth_stage_one):
+  workdir, final = depth_stage_one
+  assert final == _final_metrics(workdir)
   assert np.isfinite(final["depth/rmse"]) and 0 < final["depth/rmse"] < 12
   assert final["depth/skipped"] == 0 and np.isfinite(final["task_loss"])
   assert final["codebook/count"] == 4 * 4 * 4  # 4 test images, 4x4 codes each
-  assert (tmp_path / "images" / "eval_oracle_00000002.png").exists()
+  assert (workdir / "images" / "eval_oracle_00000002.png").exists()
+
+
+@pytest.mark.slow
+def test_stage_two_in_two_processes_matches_one_process(scenes_dir, depth_stage_one, tmp_path):
+  """UViM stage II as 2 processes x 2 devices (scripts.launch_local, 2 data shards) trains and evaluates
+  as one process with 4 devices: losses, parameters and the depth metrics over the test split. The
+  frozen stage I reaches every process's mesh from the host."""
+  overrides = {
+    **TINY,
+    "data.data_dir": scenes_dir,
+    "data.num_shards": 2,
+    "tokenizer_workdir": depth_stage_one[0],
+  }
+
+  def args(workdir):
+    config = f"--config={REPO}/configs/uvim.py:stage=lm,task=depth,quantizer=fsq,run=cpu"
+    return [config, f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())]
+
+  run_one_process(args(tmp_path / "one"), num_devices=4)
+  run_two_processes(args(tmp_path / "two"), tmp_path / "two")
+  np.testing.assert_allclose(
+    [m["loss"] for m in read_metrics(tmp_path / "two")],
+    [m["loss"] for m in read_metrics(tmp_path / "one")],
+    rtol=1e-5,
+  )
+  for a, b in zip(
+    restore_params(tmp_path / "one", 2)[0], restore_params(tmp_path / "two", 2)[0], strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # updates are ~1e-3 (the learning rate)
+  one, two = (_final_metrics(tmp_path / name) for name in ("one", "two"))
+  assert one["codebook/count"] == two["codebook/count"] == 4 * 16  # the 4 test images, each counted once
+  for name in ("depth/rmse", "depth/abs_rel", "code_loss"):
+    np.testing.assert_allclose(two[name], one[name], rtol=1e-4, err_msg=name)
 
 
 def _stage_two_encoder_checkpoint(config, path, seed):

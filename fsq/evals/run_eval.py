@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fsq.evals import dense_metrics, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features
@@ -101,13 +102,14 @@ def reconstruction_fid(
   reconstruct = jax.jit(
     lambda state, images: jnp.clip(
       task.model.apply(task.eval_variables(state), images, train=False)[0].astype(jnp.float32), -1, 1
-    )
+    ),
+    out_shardings=mesh_lib.batch_sharding(run.mesh),
   )
 
   def batches():
     for batch in run.pipeline.eval_batches():
       images = mesh_lib.global_batch(batch["image"], run.mesh)
-      yield {"image": np.asarray(reconstruct(run.state, images)), "mask": batch["mask"]}
+      yield {"image": mesh_lib.local_rows(reconstruct(run.state, images), run.mesh), "mask": batch["mask"]}
 
   real = _reference(run, extractor, num_images, cache_dir)
   fake = extractor.extract(batches(), num_images, "reconstructions")
@@ -151,7 +153,8 @@ def colorization_fid(
   colour = jax.jit(
     lambda state, constants, images: task.representation.predict(
       task.predict_outputs(state, constants, images)[0]
-    )
+    ),
+    out_shardings=mesh_lib.batch_sharding(run.mesh),
   )
 
   def at_fid_size(images):
@@ -161,7 +164,7 @@ def colorization_fid(
     for batch in run.pipeline.eval_batches():
       images = mesh_lib.global_batch(batch["image"], run.mesh)
       yield {
-        "image": at_fid_size(np.asarray(colour(run.state, run.constants, images))),
+        "image": at_fid_size(mesh_lib.local_rows(colour(run.state, run.constants, images), run.mesh)),
         "mask": batch["mask"],
       }
 
@@ -183,14 +186,25 @@ def colorization_fid(
 
 def sample_batches(run: LoadedRun, num_images: int, batch_size: int, seed: int = 0):
   """Class-conditional samples of a stage II run with its sampling settings: dicts {"image": (B, H, W,
-  C), "label": (B,)}, labels cycling through the classes so every class is equally represented."""
+  C), "label": (B,)}, labels cycling through the classes so every class is equally represented. Each
+  batch of ``batch_size`` samples is drawn over the whole mesh; a process gets its rows of it (B =
+  batch_size / process count), which ``FeatureExtractor`` puts back together."""
   task = run.task
-  sample = jax.jit(lambda state, constants, labels, rng: task.sample(state, constants, labels, rng))
+  shards = mesh_lib.batch_shards(run.mesh)
+  if batch_size % shards:
+    raise ValueError(f"batch_size = {batch_size} must divide over the mesh's {shards} batch shards")
+
+  def sample(state, constants, labels, i):
+    rng = jax.random.fold_in(jax.random.key(seed), i)
+    return task.sample(state, constants, labels, rng), labels
+
+  batch = mesh_lib.batch_sharding(run.mesh)
+  sample_jit = jax.jit(sample, out_shardings=(batch, batch))
   num_classes = task.vocab.num_classes
   for i, start in enumerate(range(0, num_images, batch_size)):
     labels = (np.arange(start, start + batch_size) % num_classes).astype(np.int32)
-    rng = jax.random.fold_in(jax.random.key(seed), i)
-    yield {"image": np.asarray(sample(run.state, run.constants, labels, rng)), "label": labels}
+    images, labels = mesh_lib.local_rows(sample_jit(run.state, run.constants, labels, np.int32(i)), run.mesh)
+    yield {"image": images, "label": labels}
 
 
 def sampling_fid(
@@ -215,14 +229,19 @@ def sampling_fid(
 def compression_cost(run: LoadedRun, num_images: int, num_steps: int = 12, seed: int = 0) -> dict[str, float]:
   """Bits per token of the first ``num_images`` evaluation images' tokens under the stage II model, given
   their class, revealed by a deterministic schedule (``num_steps`` cosine steps, positions in a fixed
-  pseudo-random order): from the model's probabilities, and by range coding each batch as one stream."""
+  pseudo-random order): from the model's probabilities, and by range coding each batch as one stream.
+  In a multi-process job each process codes its rows of every batch on its own device (one stream per
+  process and batch) and the sums are merged."""
   from fsq.evals import compression
 
-  task = run.task
+  task, mesh = run.task, run.mesh
   seq_len = task.transformer.seq_len - 1
   schedule = compression.reveal_schedule(seq_len, num_steps, seed)
   coding = dict(mask_id=task.vocab.mask_id, codebook_size=task.vocab.codebook_size, schedule=schedule)
-  tokens_fn = jax.jit(task.tokens)
+  tokens_fn = jax.jit(task.tokens, out_shardings=mesh_lib.batch_sharding(mesh))
+  # The model's probabilities are computed here, on this process's first device, from a host copy of
+  # the parameters (whatever their sharding), for this process's rows only.
+  params = jax.device_put(_host_copy(run.state.params), jax.local_devices()[0])
   logits = jax.jit(
     lambda params, tokens, class_ids: compression.transformer_logits_fn(task.transformer, params)(
       tokens, class_ids
@@ -230,27 +249,56 @@ def compression_cost(run: LoadedRun, num_images: int, num_steps: int = 12, seed:
   )
 
   def logits_fn(tokens, class_ids):
-    return logits(run.state.params, tokens, class_ids)
+    return logits(params, tokens, class_ids)
 
   model_bits = coded_bits = 0.0
   done = 0
   for batch in run.pipeline.eval_batches():
-    keep = np.flatnonzero(batch["mask"])[: num_images - done]
-    tokens = np.asarray(tokens_fn(run.constants, mesh_lib.global_batch(batch["image"], run.mesh)))[keep]
-    class_ids = task.vocab.class_tokens(batch["label"][keep])
-    log2p = compression.token_log2_probs(logits_fn, tokens, class_ids, **coding)
-    model_bits += float(np.sum(compression.bits_per_image(log2p)))
-    bits, _ = compression.range_code(logits_fn, tokens, class_ids, one_stream=True, **coding)
-    coded_bits += float(np.sum(bits))
-    done += len(keep)
+    keep = _first_rows(batch["mask"], num_images - done)
+    tokens = mesh_lib.local_rows(tokens_fn(run.constants, mesh_lib.global_batch(batch["image"], mesh)), mesh)
+    if keep.any():
+      class_ids = task.vocab.class_tokens(batch["label"][keep])
+      log2p = compression.token_log2_probs(logits_fn, tokens[keep], class_ids, **coding)
+      model_bits += float(np.sum(compression.bits_per_image(log2p)))
+      bits, _ = compression.range_code(logits_fn, tokens[keep], class_ids, one_stream=True, **coding)
+      coded_bits += float(np.sum(bits))
+    done += int(_all_processes(np.sum(keep))[0])
     if done >= num_images:
       break
+  model_bits, coded_bits = (float(b) for b in _all_processes([model_bits, coded_bits]))
   count = done * seq_len
   return {
     "compression/bits_per_token": model_bits / count,
     "compression/coded_bits_per_token": coded_bits / count,
     "compression/num_images": float(done),
   }
+
+
+def _host_copy(tree):
+  """Global arrays as numpy on every process, whatever their sharding."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def _all_processes(x) -> np.ndarray:
+  """The float64 sum of ``x`` over processes (sent as its bytes: jax would round float64 to float32)."""
+  x = np.atleast_1d(np.asarray(x, np.float64))
+  if jax.process_count() > 1:
+    gathered = multihost_utils.process_allgather(x.view(np.uint32))
+    x = np.asarray(gathered, np.uint32).view(np.float64).reshape(-1, *x.shape).sum(axis=0)
+  return x
+
+
+def _first_rows(mask: np.ndarray, count: int) -> np.ndarray:
+  """(B,) bool: this process's rows of a global batch that are among its first ``count`` valid rows
+  (process p holds rows p * B .. (p + 1) * B - 1 of the global batch, as ``FeatureExtractor`` reads it)."""
+  valid = np.asarray(mask, bool)
+  if jax.process_count() > 1:
+    valid = multihost_utils.process_allgather(valid, tiled=True)
+  first = valid & (np.cumsum(valid) <= count)
+  b = len(mask)
+  return first[jax.process_index() * b : (jax.process_index() + 1) * b]
 
 
 def real_floor(

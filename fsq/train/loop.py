@@ -30,31 +30,40 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag that the loop polls (and agrees on across processes)."""
+  """Turns SIGTERM (a preemption, a scheduler) and SIGHUP (the terminal or SSH session that ran the job
+  went away) into a flag that the loop polls (and agrees on across processes): save, then stop."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.signal_name = ""
+    self._previous = {}
 
   def __enter__(self):
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     except ValueError:  # not the main thread: no handler, no preemption saves
-      self._previous = None
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
     self.requested = True
+    self.signal_name = signal.Signals(signum).name
 
-  def agreed(self) -> bool:
+  def agreed(self, step: int, every: int) -> bool:
+    """Whether every process stops after ``step``: in a multi-process job they agree (a cross-host
+    collective) only every ``every`` steps, so that no step waits on the others' hosts."""
     if jax.process_count() == 1:
       return self.requested
+    if step % every:
+      return False
     return bool(multihost_utils.process_allgather(np.int32(self.requested)).max())
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 def _format_eta(seconds: float) -> str:
@@ -210,12 +219,12 @@ def train_and_evaluate(
             eta,
           )
           window, t_window = [], time.perf_counter()
-        preempted = preemption.agreed()
+        preempted = preemption.agreed(step, config.preemption_check_every_steps)
         if step % config.checkpoint_every_steps == 0 or last or preempted:
           settle()  # never save a state whose step produced a non-finite loss
           ckpt.save(step, state, train_iter)
         if preempted:
-          log.warning("SIGTERM: saved step %d, stopping", step)
+          log.warning("%s: saved step %d, stopping", preemption.signal_name or "SIGTERM", step)
           shutdown()
           return {"preempted_at_step": float(step)}
         if step % config.eval_every_steps == 0 and not last:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "model")
@@ -51,6 +52,11 @@ def make_mesh(
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over data and fsdp; other axes replicated."""
   return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways a batch is split (the data and fsdp axes)."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -102,3 +108,12 @@ def global_batch(local_batch, mesh: Mesh):
   """Host-local numpy batch (per-process rows) -> global jax.Arrays sharded by batch_sharding."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def local_rows(global_arrays, mesh: Mesh):
+  """The inverse of ``global_batch``: this process's rows of batch-sharded global arrays, as numpy (in a
+  multi-process job the global array is not addressable here as a whole)."""
+  spec = batch_sharding(mesh).spec
+  return jax.tree.map(
+    lambda x: np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec)), global_arrays
+  )

@@ -77,6 +77,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "eval_every_steps",
     "checkpoint_every_steps",
     "max_to_keep",
+    "preemption_check_every_steps",
     "data.image_size",
     "data.channels",
   ):
