@@ -215,6 +215,15 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(
     ema = restore_to_host(tmp_path / "tok" / "checkpoints" / str(step))["ema_params"]
     close = jax.tree.map(lambda a, b: np.allclose(a, b, rtol=0, atol=0), kept, ema)
     assert all(jax.tree.leaves(close)) is same, step
+  # Stage II reads only what it needs of stage I: the EMA parameters and model state, equal to those of a
+  # whole-state restore, without the optimizer moments or the discriminator.
+  whole = restore_to_host(tmp_path / "tok" / "checkpoints" / "2")
+  part = restore_stage_one(resumed, ("ema_params", "model_state"))
+  assert set(part) == {"ema_params", "model_state"} < set(whole)
+  for a, b in zip(jax.tree.leaves(part["ema_params"]), jax.tree.leaves(whole["ema_params"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match=r"has no \['emma_params'\]; it has \[.*'ema_params'"):
+    restore_stage_one(resumed, ("emma_params",))
   resumed.tokenizer_step = 3
   with pytest.raises(ValueError, match=r"config.tokenizer_step = 3: no checkpoint of step 3 .* \[2, 4\]"):
     restore_stage_one(resumed)

@@ -57,14 +57,15 @@ def build_quantizer(config: ml_collections.ConfigDict):
   return quantizer
 
 
-def restore_stage_one(config: ml_collections.ConfigDict) -> dict:
-  """The state (a dict) of the frozen stage I run in ``config.tokenizer_workdir``: its checkpoint of step
-  ``config.tokenizer_step``, or its newest when that is 0 (or absent, in configs written before it)."""
+def restore_stage_one(config: ml_collections.ConfigDict, keys: tuple[str, ...] | None = None) -> dict:
+  """The state (a dict; ``keys``: only these entries) of the frozen stage I run in
+  ``config.tokenizer_workdir``: its checkpoint of step ``config.tokenizer_step``, or its newest when that
+  is 0 (or absent, in configs written before it)."""
   if not config.tokenizer_workdir:
     raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
   step = config.get("tokenizer_step", 0)
   try:
-    return restore_step_to_host(Path(config.tokenizer_workdir) / "checkpoints", step)
+    return restore_step_to_host(Path(config.tokenizer_workdir) / "checkpoints", step, keys)
   except ValueError as e:
     raise ValueError(f"config.tokenizer_step = {step}: {e}") from None
 
@@ -141,7 +142,7 @@ def build_maskgit_task(
   """Stage II; the frozen tokenizer comes from ``config.tokenizer_workdir`` (its EMA parameters)."""
   tokenizer = build_autoencoder(config)
   if tokenizer_variables is None:
-    state = restore_stage_one(config)
+    state = restore_stage_one(config, ("ema_params", "model_state"))
     tokenizer_variables = {"params": state["ema_params"], **state["model_state"]}
   size, groups = codebook_shape(tokenizer.quantizer)
   if groups != 1:
@@ -205,7 +206,7 @@ def build_uvim_stage_two_task(
   representation = build_dense_representation(config)
   stage_one = build_uvim(config, representation.output_channels)
   if stage_one_variables is None:
-    state = restore_stage_one(config)
+    state = restore_stage_one(config, ("params", "model_state"))
     stage_one_variables = {"params": state["params"], **state["model_state"]}
   size, _ = codebook_shape(stage_one.quantizer)
   v = config.vtt

@@ -66,19 +66,25 @@ class Checkpointer:
     self.manager.close()
 
 
-def restore_to_host(step_dir: str | Path) -> dict:
+def restore_to_host(step_dir: str | Path, keys: tuple[str, ...] | None = None) -> dict:
   """The state saved in a step directory as host numpy arrays, whatever mesh and process count wrote it
-  (for reading another run's state, e.g. a frozen tokenizer in stage II). Every process reads the whole
-  state; arrays on the host, unlike arrays committed to one device, can then be placed on a mesh that
-  spans several processes."""
+  (for reading another run's state, e.g. a frozen tokenizer in stage II). Every process reads it; arrays
+  on the host, unlike arrays committed to one device, can then be placed on a mesh that spans several
+  processes. ``keys``: only these top-level entries of the state (a frozen stage I needs its parameters,
+  not its optimizer moments or discriminator); None: all of it."""
   path = Path(step_dir).absolute() / "state"
-  checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
-    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-    checkpointer.metadata(path).item_metadata,
-  )
-  return jax.device_get(checkpointer.restore(path, target))
+  metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+  if keys is not None:
+    missing = sorted(set(keys) - set(metadata.keys()))
+    if missing:
+      raise ValueError(f"the state in {path} has no {missing}; it has {sorted(metadata.keys())}")
+    metadata = {k: metadata[k] for k in keys}
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
+  args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=keys is not None)
+  with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
+    return jax.device_get(checkpointer.restore(path, args=args))
 
 
 def saved_steps(directory: str | Path) -> list[int]:
@@ -100,6 +106,6 @@ def saved_step(directory: str | Path, step: int) -> int:
   return step or steps[-1]
 
 
-def restore_step_to_host(directory: str | Path, step: int) -> dict:
+def restore_step_to_host(directory: str | Path, step: int, keys: tuple[str, ...] | None = None) -> dict:
   """``restore_to_host`` of checkpoint ``step`` in ``directory`` (0: the newest one)."""
-  return restore_to_host(Path(directory) / str(saved_step(directory, step)))
+  return restore_to_host(Path(directory) / str(saved_step(directory, step)), keys)
