@@ -58,6 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 250
   c.max_to_keep = 3
+  # Memory: the models' activation dtype ("float32" | "bfloat16"; parameters, optimizer state, losses and
+  # quantizer arithmetic stay float32) and rematerialisation of every block in the backward pass.
+  c.compute_dtype = "float32"
+  c.remat = False
   # A multi-process job agrees on stopping (after SIGTERM or SIGHUP) every this many steps: a cross-host
   # collective, kept off most steps. One process checks its own flag every step.
   c.preemption_check_every_steps = 10

@@ -84,6 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = "uvim_oracle" if stage == "oracle" else "uvim_lm"
   c.tokenizer_workdir = ""  # stage II: the stage I workdir whose checkpoint is frozen
   c.tokenizer_step = 0  # its step; 0: the newest, pinned when stage II starts (recorded in config.json)
+  # bfloat16 activations and per-block rematerialisation at paper scale: the 512 px attention maps and
+  # 256-bin depth logits do not fit a device in float32 (scale-readiness review, section 5).
+  c.compute_dtype = "bfloat16" if paper else "float32"
+  c.remat = paper
 
   c.uvim = ml_collections.ConfigDict()
   c.uvim.task = task

@@ -9,6 +9,7 @@ downsample; the shortcut blurs, downsamples and projects; the sum is scaled by 1
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -45,15 +46,15 @@ def blur_downsample(x: jax.Array) -> jax.Array:
 
 class DownBlock(nn.Module):
   features: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.leaky_relu(nn.Conv(x.shape[-1], (3, 3), kernel_init=_INIT)(x), 0.2)
-    h = nn.leaky_relu(nn.Conv(self.features, (3, 3), kernel_init=_INIT)(blur_downsample(h)), 0.2)
-    skip = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=_INIT, name="shortcut")(
-      blur_downsample(x)
-    )
-    return (h + skip) / np.sqrt(2.0)
+    conv = functools.partial(nn.Conv, kernel_init=_INIT, dtype=self.dtype)
+    h = nn.leaky_relu(conv(x.shape[-1], (3, 3))(x), 0.2)
+    h = nn.leaky_relu(conv(self.features, (3, 3))(blur_downsample(h)), 0.2)
+    skip = conv(self.features, (1, 1), use_bias=False, name="shortcut")(blur_downsample(x))
+    return (h + skip) / np.sqrt(2.0).astype(h.dtype)
 
 
 class Discriminator(nn.Module):
@@ -61,6 +62,7 @@ class Discriminator(nn.Module):
 
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 2, 4, 4, 4, 4)
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters and the returned logits are float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -68,10 +70,11 @@ class Discriminator(nn.Module):
     assert x.ndim == 4 and x.shape[1] % factor == 0 and x.shape[2] % factor == 0, (
       f"expected (B, H, W, C) with H, W divisible by {factor}, got {x.shape}"
     )
-    h = nn.leaky_relu(nn.Conv(self.filters, (3, 3), kernel_init=_INIT, name="stem")(x), 0.2)
+    conv = functools.partial(nn.Conv, kernel_init=_INIT, dtype=self.dtype)
+    h = nn.leaky_relu(conv(self.filters, (3, 3), name="stem")(x), 0.2)
     for multiplier in self.channel_multipliers:
-      h = DownBlock(self.filters * multiplier)(h)
+      h = DownBlock(self.filters * multiplier, self.dtype)(h)
     last = self.filters * self.channel_multipliers[-1]
-    h = nn.leaky_relu(nn.Conv(last, (3, 3), kernel_init=_INIT)(h), 0.2)
-    h = nn.leaky_relu(nn.Dense(last, kernel_init=_INIT)(h.reshape(h.shape[0], -1)), 0.2)
-    return nn.Dense(1, kernel_init=_INIT)(h)[:, 0]
+    h = nn.leaky_relu(conv(last, (3, 3))(h), 0.2)
+    h = nn.leaky_relu(nn.Dense(last, kernel_init=_INIT, dtype=self.dtype)(h.reshape(h.shape[0], -1)), 0.2)
+    return nn.Dense(1, kernel_init=_INIT, dtype=self.dtype)(h)[:, 0].astype(jnp.float32)

@@ -26,7 +26,7 @@ class PostLNBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     init = nn.initializers.truncated_normal(self.init_std)
     attention = nn.MultiHeadDotProductAttention(
       num_heads=self.num_heads,
@@ -64,6 +64,7 @@ class BidirectionalTransformer(nn.Module):
   dropout: float = 0.1
   init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, train: bool = False) -> jax.Array:
@@ -78,10 +79,11 @@ class BidirectionalTransformer(nn.Module):
     x = embed(tokens) + positions
     x = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype)(x)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    block = nn.remat(PostLNBlock, static_argnums=(2,)) if self.remat else PostLNBlock
     for i in range(self.num_layers):
-      x = PostLNBlock(
-        self.num_heads, self.mlp_dim, self.dropout, self.init_std, self.dtype, name=f"block_{i}"
-      )(x, train=train)
+      x = block(self.num_heads, self.mlp_dim, self.dropout, self.init_std, self.dtype, name=f"block_{i}")(
+        x, train
+      )
     x = nn.Dense(self.hidden, kernel_init=init, dtype=self.dtype, name="head_dense")(x)
     x = nn.LayerNorm(epsilon=1e-12, dtype=self.dtype, name="head_norm")(nn.gelu(x))
     bias = self.param("output_bias", nn.initializers.zeros, (self.vocab_size,))

@@ -71,6 +71,7 @@ class BaseModel(nn.Module):
   context: bool = True
   head_zeroinit: bool = True
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, codes: jax.Array, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -82,7 +83,7 @@ class BaseModel(nn.Module):
       train: dropout in the transformer.
 
     Returns:
-      (B, H, W, output_channels) float.
+      (B, H, W, output_channels) float32.
     """
     assert codes.ndim == 4, f"expected codes (batch, h, w, dim), got {codes.shape}"
     rows, cols = patch_grid(images, self.patch_size)
@@ -95,13 +96,15 @@ class BaseModel(nn.Module):
         self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="ctx_embedding"
       )(images)
     x = add_position_embedding(self, x.reshape(batch, rows * cols, self.width), rows, cols, self.posemb)
-    x = Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout, self.dtype, name="Transformer")(
-      x, train=train
+    encoder = Encoder(
+      self.depth, self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.remat, name="Transformer"
     )
+    x = encoder(x, train=train)
     kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
     x = nn.Dense(p * p * self.output_channels, kernel_init=kernel_init, dtype=self.dtype, name="head")(x)
     x = x.reshape(batch, rows, cols, p, p, self.output_channels)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, height, width_px, self.output_channels)
+    out = x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, height, width_px, self.output_channels)
+    return out.astype(jnp.float32)  # losses and metrics in float32 whatever the compute dtype
 
 
 class UViM(nn.Module):
@@ -139,6 +142,7 @@ class UViM(nn.Module):
   code_dropout: str = "random"
   head_zeroinit: bool = True
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute each transformer block's activations in the backward pass
 
   def setup(self):
     if self.code_dropout not in CODE_DROPOUT_MODES:
@@ -153,6 +157,7 @@ class UViM(nn.Module):
       dropout=self.dropout,
       posemb=self.posemb,
       dtype=self.dtype,
+      remat=self.remat,
       **vit,
       name="oracle",
     )
@@ -165,6 +170,7 @@ class UViM(nn.Module):
       context=self.base_context,
       head_zeroinit=self.head_zeroinit,
       dtype=self.dtype,
+      remat=self.remat,
       **vit,
       name="base",
     )

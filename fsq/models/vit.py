@@ -67,7 +67,7 @@ class EncoderBlock(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = nn.LayerNorm(dtype=self.dtype)(x)
     y = nn.MultiHeadDotProductAttention(
       num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype
@@ -85,16 +85,16 @@ class Encoder(nn.Module):
   mlp_dim: int
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute each block's activations in the backward pass
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     assert x.ndim == 3, f"expected (batch, seq, width), got {x.shape}"
     if x.shape[-1] % self.num_heads:
       raise ValueError(f"width = {x.shape[-1]} must be divisible by num_heads = {self.num_heads}")
+    block = nn.remat(EncoderBlock, static_argnums=(2,)) if self.remat else EncoderBlock
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype, name=f"encoderblock_{i}")(
-        x, train=train
-      )
+      x = block(self.num_heads, self.mlp_dim, self.dropout, self.dtype, name=f"encoderblock_{i}")(x, train)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
 
 
@@ -137,6 +137,7 @@ class ViT(nn.Module):
   dropout: float = 0.0
   posemb: str = "learn"
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -147,6 +148,7 @@ class ViT(nn.Module):
     )
     x = add_position_embedding(self, x.reshape(x.shape[0], rows * cols, self.width), rows, cols, self.posemb)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    return Encoder(self.depth, self.num_heads, self.mlp_dim, self.dropout, self.dtype, name="Transformer")(
-      x, train=train
+    encoder = Encoder(
+      self.depth, self.num_heads, self.mlp_dim, self.dropout, self.dtype, self.remat, name="Transformer"
     )
+    return encoder(x, train=train)

@@ -9,6 +9,9 @@ convolution is ~6x slower to train on CPU and was not used upstream either).
 MaskGIT's ResBlock applies its channel-changing shortcut to the block's transformed activations
 instead of its input (an upstream quirk); here the shortcut takes the input, and
 ``maskgit_shortcut_quirk=True`` restores the upstream behaviour for weight compatibility.
+
+``dtype`` is the compute dtype (parameters stay float32; bfloat16 at paper scale halves the activations'
+memory); ``remat`` recomputes each ResBlock's activations in the backward pass instead of keeping them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,17 @@ def _check_common(filters: int, channel_multipliers: Sequence[int], num_res_bloc
       )
 
 
+def _blocks(parent: nn.Module):
+  """A maker of the parent's ResBlocks, named ResBlock_0, ResBlock_1, ... in order (the names Flax gives
+  them), rematerialised in the backward pass when ``parent.remat`` (the same parameters either way)."""
+  block_class = nn.remat(ResBlock) if parent.remat else ResBlock
+  count = iter(range(1 << 30))
+  settings = dict(
+    norm_groups=parent.norm_groups, maskgit_shortcut_quirk=parent.maskgit_shortcut_quirk, dtype=parent.dtype
+  )
+  return lambda features: block_class(features, **settings, name=f"ResBlock_{next(count)}")
+
+
 class Encoder(nn.Module):
   """Images (B, H, W, C) -> latents (B, H / 2^(levels-1), W / 2^(levels-1), latent_dim)."""
 
@@ -67,22 +81,21 @@ class Encoder(nn.Module):
   norm_groups: int = 32
   maskgit_shortcut_quirk: bool = False
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_common(self.filters, self.channel_multipliers, self.num_res_blocks, self.norm_groups)
     assert x.ndim == 4, f"expected images (batch, height, width, channels), got {x.shape}"
-    block = dict(
-      norm_groups=self.norm_groups, maskgit_shortcut_quirk=self.maskgit_shortcut_quirk, dtype=self.dtype
-    )
+    block = _blocks(self)
     x = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
     for level, multiplier in enumerate(self.channel_multipliers):
       for _ in range(self.num_res_blocks):
-        x = ResBlock(self.filters * multiplier, **block)(x)
+        x = block(self.filters * multiplier)(x)
       if level < len(self.channel_multipliers) - 1:
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     for _ in range(self.num_res_blocks):
-      x = ResBlock(self.filters * self.channel_multipliers[-1], **block)(x)
+      x = block(self.filters * self.channel_multipliers[-1])(x)
     x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype)(x)
     x = nn.swish(x)
     return nn.Conv(self.latent_dim, (1, 1), dtype=self.dtype, name="to_latent")(x)
@@ -98,20 +111,19 @@ class Decoder(nn.Module):
   norm_groups: int = 32
   maskgit_shortcut_quirk: bool = False
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     _check_common(self.filters, self.channel_multipliers, self.num_res_blocks, self.norm_groups)
     assert z.ndim == 4, f"expected latents (batch, height, width, channels), got {z.shape}"
-    block = dict(
-      norm_groups=self.norm_groups, maskgit_shortcut_quirk=self.maskgit_shortcut_quirk, dtype=self.dtype
-    )
+    block = _blocks(self)
     x = nn.Conv(self.filters * self.channel_multipliers[-1], (3, 3), dtype=self.dtype)(z)
     for _ in range(self.num_res_blocks):
-      x = ResBlock(self.filters * self.channel_multipliers[-1], **block)(x)
+      x = block(self.filters * self.channel_multipliers[-1])(x)
     for level in reversed(range(len(self.channel_multipliers))):
       for _ in range(self.num_res_blocks):
-        x = ResBlock(self.filters * self.channel_multipliers[level], **block)(x)
+        x = block(self.filters * self.channel_multipliers[level])(x)
       if level > 0:
         b, h, w, c = x.shape
         x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")

@@ -219,6 +219,7 @@ class VisionToTextTransformer(nn.Module):
   dropout: float = 0.0
   posemb: str = "learn"
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False  # recompute each encoder block's activations in the backward pass
 
   @property
   def vocab_size(self) -> int:
@@ -244,6 +245,7 @@ class VisionToTextTransformer(nn.Module):
       self.dropout,
       self.posemb,
       self.dtype,
+      self.remat,
     )
     self.decoder = Decoder(
       self.vocab_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import ml_collections
 
 from fsq.maskgit.vocab import Vocabulary
@@ -87,6 +88,23 @@ def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
   config.tokenizer_step = step
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The dtype of the models' activations (``config.compute_dtype``; parameters, optimizer state, losses
+  and quantizer arithmetic stay float32)."""
+  name = config.get("compute_dtype", "float32")
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"config.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+  return jnp.dtype(name)
+
+
+def memory_settings(config: ml_collections.ConfigDict) -> dict:
+  """``dtype`` and ``remat`` (``config.remat``: recompute each block's activations in the backward pass)."""
+  return dict(dtype=compute_dtype(config), remat=bool(config.get("remat", False)))
+
+
 def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
   m = config.model
   quantizer = build_quantizer(config)
@@ -96,6 +114,7 @@ def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
     num_res_blocks=m.num_res_blocks,
     norm_groups=m.norm_groups,
     maskgit_shortcut_quirk=m.maskgit_shortcut_quirk,
+    **memory_settings(config),
   )
   return Autoencoder(
     encoder=Encoder(latent_dim=latent_width(quantizer), **common),
@@ -109,7 +128,7 @@ def build_tokenizer_task(config: ml_collections.ConfigDict) -> TokenizerTask:
   return TokenizerTask(
     model=build_autoencoder(config),
     optimizer=build_optimizer(config),
-    discriminator=Discriminator(g.disc_filters, tuple(g.disc_channel_multipliers)),
+    discriminator=Discriminator(g.disc_filters, tuple(g.disc_channel_multipliers), compute_dtype(config)),
     disc_optimizer=build_optimizer(config),
     l2_weight=g.l2_weight,
     perceptual_weight=g.perceptual_weight,
@@ -133,6 +152,7 @@ def build_transformer(config: ml_collections.ConfigDict, vocab: Vocabulary) -> B
     num_heads=t.num_heads,
     mlp_dim=t.mlp_dim,
     dropout=t.dropout,
+    **memory_settings(config),
   )
 
 
@@ -196,6 +216,7 @@ def build_uvim(config: ml_collections.ConfigDict, output_channels: int) -> UViM:
     oracle_context=m.context,
     base_context=m.context,
     code_dropout=m.code_dropout,
+    **memory_settings(config),
   )
 
 
@@ -219,6 +240,7 @@ def build_uvim_stage_two_task(
     mlp_dim=v.mlp_dim,
     patch_size=v.patch_size,
     dropout=v.dropout,
+    **memory_settings(config),
   )
   return UViMStageTwoTask(
     stage_one, stage_one_variables, representation, vtt, build_optimizer(config), v.encoder_init

@@ -82,6 +82,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "data.channels",
   ):
     _positive_int(config, name)
+  if config.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
+    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+  if not isinstance(config.get("remat", False), bool):
+    raise ValueError(f"config.remat must be True or False, got {config.remat!r}")
   if config.num_eval_batches != -1 and config.num_eval_batches < 1:
     raise ValueError(f"config.num_eval_batches must be -1 (all) or >= 1, got {config.num_eval_batches}")
   data, fsdp, _ = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.model, jax.device_count())
