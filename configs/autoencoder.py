@@ -62,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # quantizer arithmetic stay float32) and rematerialisation of every block in the backward pass.
   c.compute_dtype = "float32"
   c.remat = False
+  # Gradient accumulation: each step's gradient is the mean over this many micro-batches of batch_size /
+  # accumulation_steps examples (the same update, for hosts whose memory does not hold the whole batch).
+  c.accumulation_steps = 1
   # A multi-process job agrees on stopping (after SIGTERM or SIGHUP) every this many steps: a cross-host
   # collective, kept off most steps. One process checks its own flag every step.
   c.preemption_check_every_steps = 10

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.autoencoder import get_config as autoencoder_config
 from configs.maskgit import get_config as maskgit_config
 from configs.uvim import get_config as uvim_config
 from fsq import quantizers
 from fsq.maskgit.vocab import Vocabulary
-from fsq.tasks import build_autoencoder, build_task, build_transformer, build_uvim
+from fsq.tasks import build_autoencoder, build_maskgit_task, build_task, build_transformer, build_uvim
 from fsq.train.validate import validate_config
 from tests.helpers import patched
 from tests.test_evals import MASKGIT_TINY
@@ -35,10 +36,12 @@ def _grads_with_and_without_remat(build, config, inputs, loss):
   return out
 
 
-def _assert_same_trees(a, b, rtol):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
+def _assert_same_trees(a, b, rtol, atol=1e-7):
+  """Equal leaves; equal structure too, unless the trees carry optimizers (a state's static ``tx``)."""
+  if not hasattr(a, "tx"):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("family", ["vqgan", "transformer", "uvim"])
@@ -132,3 +135,57 @@ def test_paper_configs_compute_in_bfloat16_and_remat_where_memory_binds():
     ValueError, match=r"config.compute_dtype must be 'float32' or 'bfloat16', got 'float16'"
   ):
     validate_config(cpu)
+
+
+def _step_twice(config, batch, constants=None, **states):
+  """The task's train step from the same initial state with accumulation_steps 1 and 2."""
+  out = []
+  for steps in (1, 2):
+    task = build_task(patched(config, {"accumulation_steps": steps}))
+    state = jax.jit(task.init)(jax.random.key(0), batch)
+    constants = task.constants() if constants is None else constants
+    out.append(jax.jit(task.train_step)(state, batch, jax.random.key(1), constants))
+  return out
+
+
+@pytest.mark.parametrize("family", ["autoencoder", "tokenizer"])
+def test_accumulating_two_micro_batches_is_the_step_on_the_whole_batch(family):
+  """FSQ's losses are means over examples with no randomness, so the mean of the two half-batch gradients
+  is the whole batch's: the same parameters (both players' for the GAN), optimizer state and metrics."""
+  images = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (8, 32, 32, 1)), jnp.float32)
+  if family == "autoencoder":
+    config = patched(autoencoder_config("quantizer=fsq"), {"model.filters": 8, "model.norm_groups": 4})
+  else:
+    config = _tokenizer_config(**{"gan.disc_start_step": 0, "batch_size": 16})
+  (whole, m1), (accumulated, m2) = _step_twice(config, {"image": images})
+  _assert_same_trees(whole, accumulated, rtol=2e-5, atol=1e-5)  # Adam's first update is ~1e-3 (lr)
+  for name in m1:
+    np.testing.assert_allclose(m2[name], m1[name], rtol=2e-5, atol=1e-7, err_msg=name)
+  with pytest.raises(ValueError, match=r"batch_size = 64 must split into config.accumulation_steps = 3"):
+    validate_config(patched(config, {"accumulation_steps": 3, "batch_size": 64}))
+
+
+def test_accumulated_maskgit_step_averages_its_micro_batches():
+  """MaskGIT's masks are random: micro-batch i (rows i, i + 2, ...) draws them from fold_in(rng, i). The
+  accumulated step's loss is the mean of the two micro-batch losses computed directly."""
+  config = patched(maskgit_config("stage=transformer,run=cpu,quantizer=fsq"), MASKGIT_TINY)
+  tokenizer = build_autoencoder(config)
+  variables = jax.jit(tokenizer.init)(jax.random.key(3), jnp.zeros((1, 32, 32, 1)))
+  rng = np.random.default_rng(4)
+  batch = {
+    "image": jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 1)), jnp.float32),
+    "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32),
+  }
+  config = patched(config, {"accumulation_steps": 2, "batch_size": 16})
+  task = build_maskgit_task(config, tokenizer_variables=variables)
+  state = jax.jit(task.init)(jax.random.key(0), batch)
+  _, metrics = jax.jit(task.train_step)(state, batch, jax.random.key(1), task.constants())
+  tokens = jax.jit(task.tokens)(task.constants(), batch["image"])
+  masked = jax.jit(task.masked_loss, static_argnames="train")
+  direct = [
+    masked(
+      state.params, tokens[i::2], batch["label"][i::2], jax.random.fold_in(jax.random.key(1), i), train=True
+    )
+    for i in range(2)
+  ]
+  np.testing.assert_allclose(metrics["loss"], np.mean([np.mean(loss) for loss, _ in direct]), rtol=1e-5)

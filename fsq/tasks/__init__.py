@@ -105,6 +105,11 @@ def memory_settings(config: ml_collections.ConfigDict) -> dict:
   return dict(dtype=compute_dtype(config), remat=bool(config.get("remat", False)))
 
 
+def accumulation_steps(config: ml_collections.ConfigDict) -> int:
+  """``config.accumulation_steps``: micro-batches per optimizer step (1: none)."""
+  return int(config.get("accumulation_steps", 1))
+
+
 def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
   m = config.model
   quantizer = build_quantizer(config)
@@ -137,6 +142,7 @@ def build_tokenizer_task(config: ml_collections.ConfigDict) -> TokenizerTask:
     r1_weight=g.r1_weight,
     disc_start_step=g.disc_start_step,
     ema_decay=g.ema_decay,
+    accumulation_steps=accumulation_steps(config),
   )
 
 
@@ -182,6 +188,7 @@ def build_maskgit_task(
     choice_temperature=config.sampling.choice_temperature,
     guidance_scale=config.sampling.guidance_scale,
     samples_per_class=config.sampling.samples_per_class,
+    accumulation_steps=accumulation_steps(config),
   )
 
 
@@ -243,13 +250,21 @@ def build_uvim_stage_two_task(
     **memory_settings(config),
   )
   return UViMStageTwoTask(
-    stage_one, stage_one_variables, representation, vtt, build_optimizer(config), v.encoder_init
+    stage_one,
+    stage_one_variables,
+    representation,
+    vtt,
+    build_optimizer(config),
+    v.encoder_init,
+    accumulation_steps=accumulation_steps(config),
   )
 
 
 def build_task(config: ml_collections.ConfigDict):
   if config.task == "autoencoder":
-    return AutoencoderTask(build_autoencoder(config), build_optimizer(config))
+    return AutoencoderTask(
+      build_autoencoder(config), build_optimizer(config), accumulation_steps=accumulation_steps(config)
+    )
   if config.task == "tokenizer":
     return build_tokenizer_task(config)
   if config.task == "transformer":
@@ -257,7 +272,9 @@ def build_task(config: ml_collections.ConfigDict):
   if config.task == "uvim_oracle":
     representation = build_dense_representation(config)
     model = build_uvim(config, representation.output_channels)
-    return UViMStageOneTask(model, representation, build_optimizer(config))
+    return UViMStageOneTask(
+      model, representation, build_optimizer(config), accumulation_steps=accumulation_steps(config)
+    )
   if config.task == "uvim_lm":
     return build_uvim_stage_two_task(config)
   raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")

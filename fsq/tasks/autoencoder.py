@@ -38,6 +38,8 @@ class AutoencoderTask:
 
   model: Autoencoder
   optimizer: optax.GradientTransformation
+  # Gradient accumulation: the batch's gradient as the mean over this many micro-batches (less memory).
+  accumulation_steps: int = dataclasses.field(default=1, kw_only=True)
   num_log_images: ClassVar[int] = 16
 
   @property
@@ -74,7 +76,7 @@ class AutoencoderTask:
     self, state: TrainState, batch: dict, rng: jax.Array, constants: dict
   ) -> tuple[TrainState, dict]:
     del constants
-    return apply_gradients(state, self._loss, batch, rng)
+    return apply_gradients(state, self._loss, batch, rng, self.accumulation_steps)
 
   def eval_step(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
     """Sums over the valid examples of the batch: squared error, example count, code counts."""

@@ -46,6 +46,8 @@ class MaskGITTask:
   guidance_scale: float = 0.0
   samples_per_class: int = 8
   max_grid_classes: int = 10
+  # Gradient accumulation: the batch's gradient as the mean over this many micro-batches (less memory).
+  accumulation_steps: int = dataclasses.field(default=1, kw_only=True)
 
   @property
   def image_columns(self) -> int:
@@ -98,13 +100,13 @@ class MaskGITTask:
     return loss, accuracy
 
   def train_step(self, state: TrainState, batch: dict, rng: jax.Array, constants: dict):
-    tokens = self.tokens(constants, batch["image"])
+    inputs = {"tokens": self.tokens(constants, batch["image"]), "label": batch["label"]}
 
-    def loss_fn(params, model_state, batch, rng):
-      loss, accuracy = self.masked_loss(params, tokens, batch["label"], rng, train=True)
+    def loss_fn(params, model_state, inputs, rng):
+      loss, accuracy = self.masked_loss(params, inputs["tokens"], inputs["label"], rng, train=True)
       return jnp.mean(loss), ({"masked_accuracy": jnp.mean(accuracy)}, model_state)
 
-    return apply_gradients(state, loss_fn, batch, rng)
+    return apply_gradients(state, loss_fn, inputs, rng, self.accumulation_steps)
 
   def eval_step(self, state: TrainState, batch: dict, constants: dict) -> dict[str, jax.Array]:
     """Masked-token loss and accuracy (fixed masks) and code counts over the valid examples."""

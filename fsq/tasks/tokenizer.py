@@ -25,6 +25,7 @@ from fsq.models import resnet
 from fsq.models.discriminator import Discriminator
 from fsq.models.lpips import LPIPS, pretrained_params
 from fsq.tasks.autoencoder import _SCALAR_AUX, AutoencoderTask
+from fsq.train.state import accumulate
 
 
 def _lpips(params, images, targets):
@@ -106,15 +107,14 @@ class TokenizerTask(AutoencoderTask):
   def train_step(
     self, state: GANState, batch: dict, rng: jax.Array, constants: dict
   ) -> tuple[GANState, dict]:
-    images = batch["image"]
     gan_on = state.step >= self.disc_start_step
 
-    def generator_loss(params):
+    def generator_loss(params, model_state, images, rng):
       (recon, aux), model_state = self.model.apply(
-        {"params": params, **state.model_state},
+        {"params": params, **model_state},
         images,
         train=True,
-        mutable=list(state.model_state),
+        mutable=list(model_state),
         rngs={"vq": rng},
       )
       recon = recon.astype(jnp.float32)
@@ -139,13 +139,7 @@ class TokenizerTask(AutoencoderTask):
       metrics.update({f"quantizer/{k}": aux[k] for k in _SCALAR_AUX if k in aux})
       return loss, (metrics, dict(model_state), recon)
 
-    (loss, (metrics, model_state, recon)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
-      state.params
-    )
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
-    def disc_loss(disc_params):
+    def disc_loss(disc_params, images, recon):
       def disc(x):
         return self.discriminator.apply({"params": disc_params}, x)
 
@@ -153,13 +147,31 @@ class TokenizerTask(AutoencoderTask):
       r1 = losses.r1_penalty(disc, images)
       return logistic + self.r1_weight * r1, (logistic, r1)
 
+    def gradients(model_state, micro, micro_rng):
+      """Both players' gradients at the current parameters on one (micro-)batch."""
+      images = micro["image"]
+      (loss, (metrics, model_state, recon)), grads = jax.value_and_grad(generator_loss, has_aux=True)(
+        state.params, model_state, images, micro_rng
+      )
+      if self.adversarial_weight:
+        (_, (logistic, r1)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
+          state.disc_params, images, recon
+        )
+      else:  # no GAN at all: the discriminator is never run
+        logistic = r1 = jnp.zeros(())
+        d_grads = jax.tree.map(jnp.zeros_like, state.disc_params)
+      metrics.update(loss=loss, discriminator_loss=logistic, r1=r1)
+      return (grads, d_grads, metrics), model_state
+
+    (grads, d_grads, metrics), model_state = accumulate(
+      gradients, state.model_state, batch, rng, self.accumulation_steps
+    )
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     if self.adversarial_weight:
-      (_, (logistic, r1)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc_params)
       d_updates, d_opt_state = state.disc_tx.update(d_grads, state.disc_opt_state, state.disc_params)
       d_params = optax.apply_updates(state.disc_params, d_updates)
-    else:  # no GAN at all: the discriminator is never run
-      logistic = r1 = jnp.zeros(())
-      d_grads = jax.tree.map(jnp.zeros_like, state.disc_params)
+    else:
       d_params, d_opt_state = state.disc_params, state.disc_opt_state
 
     def keep_unless_on(new, old):
@@ -176,9 +188,6 @@ class TokenizerTask(AutoencoderTask):
       disc_opt_state=keep_unless_on(d_opt_state, state.disc_opt_state),
     )
     metrics.update(
-      loss=loss,
-      discriminator_loss=logistic,
-      r1=r1,
       l2_grads=optax.tree.norm(grads),
       l2_params=optax.tree.norm(params),
       l2_disc_grads=optax.tree.norm(d_grads),

@@ -40,6 +40,8 @@ class UViMStageOneTask:
   model: UViM
   representation: Representation
   optimizer: optax.GradientTransformation
+  # Gradient accumulation: the batch's gradient as the mean over this many micro-batches (less memory).
+  accumulation_steps: int = dataclasses.field(default=1, kw_only=True)
   num_log_images: ClassVar[int] = 8
   image_columns: ClassVar[int] = 2
 
@@ -80,7 +82,7 @@ class UViMStageOneTask:
     self, state: TrainState, batch: dict, rng: jax.Array, constants: dict
   ) -> tuple[TrainState, dict]:
     del constants
-    return apply_gradients(state, self._loss, batch, rng)
+    return apply_gradients(state, self._loss, batch, rng, self.accumulation_steps)
 
   def _outputs(self, state: TrainState, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(x, outputs (B, H, W, C_out), indices (B, h, w)) in evaluation mode."""
@@ -127,6 +129,8 @@ class UViMStageTwoTask:
   model: VisionToTextTransformer
   optimizer: optax.GradientTransformation
   encoder_init: str = ""
+  # Gradient accumulation: the batch's gradient as the mean over this many micro-batches (less memory).
+  accumulation_steps: int = dataclasses.field(default=1, kw_only=True)
   num_log_images: ClassVar[int] = 8
   image_columns: ClassVar[int] = 2
 
@@ -167,14 +171,13 @@ class UViMStageTwoTask:
     return jnp.mean(loss, -1), jnp.mean(jnp.argmax(logits, -1) == codes, -1)
 
   def train_step(self, state: TrainState, batch: dict, rng: jax.Array, constants: dict):
-    codes = self.codes(constants, batch)
-    x = self.representation.context(batch["image"])
+    inputs = {"codes": self.codes(constants, batch), "context": self.representation.context(batch["image"])}
 
-    def loss_fn(params, model_state, batch, rng):
-      loss, accuracy = self._loss(params, codes, x, rng, train=True)
+    def loss_fn(params, model_state, inputs, rng):
+      loss, accuracy = self._loss(params, inputs["codes"], inputs["context"], rng, train=True)
       return jnp.mean(loss), ({"code_accuracy": jnp.mean(accuracy)}, model_state)
 
-    return apply_gradients(state, loss_fn, batch, rng)
+    return apply_gradients(state, loss_fn, inputs, rng, self.accumulation_steps)
 
   def predict_outputs(
     self, state: TrainState, constants: dict, images: jax.Array

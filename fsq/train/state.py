@@ -114,19 +114,60 @@ def make_optimizer(
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[dict[str, jax.Array], Any]]]
 
 
-def apply_gradients(state: TrainState, loss_fn: LossFn, batch: dict, rng: jax.Array):
-  """One optimizer step on ``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))``.
+def micro_batches(batch: dict, steps: int) -> dict:
+  """(B, ...) -> (steps, B / steps, ...): micro-batch i holds rows i, i + steps, i + 2 steps, ..., so that
+  with the batch split over devices in contiguous blocks every micro-batch stays spread over all of them."""
+
+  def split(x):
+    if x.shape[0] % steps:
+      raise ValueError(f"a batch of {x.shape[0]} does not split into {steps} micro-batches")
+    return jnp.moveaxis(x.reshape(x.shape[0] // steps, steps, *x.shape[1:]), 1, 0)
+
+  return jax.tree.map(split, batch)
+
+
+def accumulate(fn: Callable, carry: Any, batch: dict, rng: jax.Array, steps: int = 1):
+  """Gradient accumulation: ``fn(carry, micro_batch, rng) -> (sums, carry)`` over ``steps`` micro-batches
+  of ``batch`` (``micro_batches``), the carry (e.g. a model's running statistics) threaded through them,
+  the mean of the ``sums`` trees returned. Micro-batch i gets ``fold_in(rng, i)``; one step is ``fn``
+  itself. With losses that are means over examples, the mean of the micro-batch gradients is the
+  gradient of the whole batch, at 1 / steps of the activation memory."""
+  if steps == 1:
+    return fn(carry, batch, rng)
+  micro = micro_batches(batch, steps)
+  first = jax.tree.map(lambda x: x[0], micro)
+  shapes = jax.eval_shape(lambda: fn(carry, first, rng)[0])
+
+  def body(state, xs):
+    total, carry = state
+    i, mb = xs
+    out, carry = fn(carry, mb, jax.random.fold_in(rng, i))
+    return (jax.tree.map(jnp.add, total, out), carry), None
+
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  (total, carry), _ = jax.lax.scan(body, (zeros, carry), (jnp.arange(steps), micro))
+  return jax.tree.map(lambda t: t / steps, total), carry
+
+
+def apply_gradients(
+  state: TrainState, loss_fn: LossFn, batch: dict, rng: jax.Array, accumulation_steps: int = 1
+):
+  """One optimizer step on ``loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))``,
+  its gradient averaged over ``accumulation_steps`` micro-batches of ``batch`` (``accumulate``).
 
   Returns the new state and the metrics plus ``loss``, ``l2_grads`` and ``l2_params``.
   """
-  (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-    state.params, state.model_state, batch, rng
-  )
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def one(model_state, micro, micro_rng):
+    (loss, (metrics, model_state)), grads = grad_fn(state.params, model_state, micro, micro_rng)
+    return (grads, {**metrics, "loss": loss}), model_state
+
+  (grads, metrics), model_state = accumulate(one, state.model_state, batch, rng, accumulation_steps)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
     **metrics,
-    "loss": loss,
     "l2_grads": optax.tree.norm(grads),
     "l2_params": optax.tree.norm(params),
   }

@@ -94,6 +94,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.batch_size = {config.batch_size} must be divisible by the data x fsdp devices ({data * fsdp}) "
       f"and by the number of processes ({jax.process_count()})"
     )
+  steps = config.get("accumulation_steps", 1)
+  if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    raise ValueError(f"config.accumulation_steps must be a positive integer, got {steps!r}")
+  if config.batch_size % (steps * data * fsdp):
+    raise ValueError(
+      f"config.batch_size = {config.batch_size} must split into config.accumulation_steps = {steps} "
+      f"micro-batches that divide over the data x fsdp devices ({data * fsdp})"
+    )
   if config.data.resize_mode not in RESIZE_MODES:
     raise ValueError(
       f"config.data.resize_mode must be one of {RESIZE_MODES}, got {config.data.resize_mode!r}"
