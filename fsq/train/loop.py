@@ -98,6 +98,20 @@ def evaluate(
   return metrics
 
 
+def jit_train_step(task, shardings, mesh: jax.sharding.Mesh, seed: int):
+  """The loop's jitted train step ``(state, global batch, constants) -> (state, metrics)``: the state
+  sharded as ``shardings`` and donated, the batch split over the mesh, randomness from (seed, step).
+  ``scripts.plan`` compiles this same function ahead of time."""
+  step_key = jax.random.fold_in(jax.random.key(seed), 1)
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(
+    lambda s, b, c: task.train_step(s, b, jax.random.fold_in(step_key, s.step), c),
+    in_shardings=(shardings, mesh_lib.batch_sharding(mesh), replicated),
+    out_shardings=(shardings, replicated),
+    donate_argnums=(0,),
+  )
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str | Path, task=None, sources=None
 ) -> dict[str, float]:
@@ -124,7 +138,6 @@ def train_and_evaluate(
     write_config(workdir, config)
 
   init_rng = jax.random.key(config.seed)
-  step_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   example = {"image": jax.ShapeDtypeStruct(pipeline.global_image_shape, jnp.float32)}
   abstract = jax.eval_shape(task.init, init_rng, example)
   rules = getattr(task, "sharding_rules", ())  # (regex, PartitionSpec) pairs for model parallelism
@@ -149,12 +162,7 @@ def train_and_evaluate(
 
   batch_shardings = mesh_lib.batch_sharding(mesh)
   constants = jax.device_put(task.constants(), mesh_lib.replicated(mesh))
-  train_step = jax.jit(
-    lambda s, b, c: task.train_step(s, b, jax.random.fold_in(step_key, s.step), c),
-    in_shardings=(shardings, batch_shardings, mesh_lib.replicated(mesh)),
-    out_shardings=(shardings, mesh_lib.replicated(mesh)),
-    donate_argnums=(0,),
-  )
+  train_step = jit_train_step(task, shardings, mesh, config.seed)
   replicated = mesh_lib.replicated(mesh)
   eval_step = jax.jit(
     task.eval_step, in_shardings=(shardings, batch_shardings, replicated), out_shardings=replicated

@@ -1,0 +1,282 @@
+"""Sizes a training config for a slice before anyone rents it: compiles its train (and eval) step ahead of
+time for N devices and prints per-device memory, FLOPs, collectives and compile time.
+
+  python -m scripts.plan --config configs/maskgit.py:stage=tokenizer,run=imagenet256 --devices 32 \\
+      --chip v4
+  python -m scripts.plan --config configs/uvim.py:stage=lm,task=depth,run=paper --devices 64 \\
+      --set mesh.fsdp=8 --set accumulation_steps=2
+
+The devices are CPU devices (``--xla_force_host_platform_device_count``): the same SPMD partitioning as
+on the accelerator, with the CPU backend's buffer assignment, which measured about 1.6x TPU's on this
+project's stage II step, so the memory is an upper bound. Nothing is allocated or run; stage II's frozen
+stage I is abstract (its shapes), so no checkpoint is needed. The last line is one JSON object:
+``bytes_per_device`` (peak of the train step on one device), ``flops_per_step`` (the whole global batch,
+all devices together), ``flops_per_example``, ``platform``, ``fits`` (with --chip) and the rest of the
+table. With --chip, a step that does not fit exits 1 naming the bytes needed and available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import os
+import re
+import sys
+import time
+
+GIB = 2**30
+# High-bandwidth memory per chip (per TensorCore pair on v4, which JAX shows as one megacore device).
+CHIP_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB, "h100": 80e9, "h200": 141e9}
+# Peak dense bfloat16 FLOP/s per chip, for the step time at full utilisation.
+CHIP_PEAK = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12, "h100": 989e12, "h200": 989e12}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def parse_set(items: list[str]) -> dict:
+  """['a.b=3', 'c=x'] -> {'a.b': 3, 'c': 'x'} (Python literals where they parse, strings otherwise)."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--set takes FIELD=VALUE, got {item!r}")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def load_config(spec: str, overrides: dict):
+  """The config of ``path.py[:args]`` with dotted overrides applied (and checked to exist)."""
+  import importlib.util
+
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("plan_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f"--set {key}: the config has no field {key!r}")
+    node[leaf] = value
+  return config
+
+
+def abstract_batch(config, eval_batch: bool = False) -> dict:
+  """ShapeDtypeStructs of a global batch of ``config``'s task: images, labels (MaskGIT stage II), the
+  dense maps (UViM), and the evaluation mask."""
+  import jax
+  import jax.numpy as jnp
+
+  b, s, c = config.batch_size, config.data.image_size, config.data.channels
+  batch = {"image": jax.ShapeDtypeStruct((b, s, s, c), jnp.float32)}
+  if config.task == "transformer":
+    batch["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+  if config.task.startswith("uvim"):
+    if config.uvim.task == "depth":
+      batch["depth"] = jax.ShapeDtypeStruct((b, s, s), jnp.float32)
+    elif config.uvim.task == "panoptic":
+      batch["semantic"] = jax.ShapeDtypeStruct((b, s, s), jnp.int32)
+      batch["instance"] = jax.ShapeDtypeStruct((b, s, s), jnp.int32)
+  if eval_batch:
+    batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32)
+  return batch
+
+
+def abstract_task(config):
+  """The config's task; a stage II task gets its frozen stage I as shapes (from the stage I task's
+  abstract init on the same config), so planning needs no checkpoint."""
+  import copy
+
+  import jax
+
+  from fsq.tasks import build_maskgit_task, build_task, build_uvim_stage_two_task
+
+  if config.task not in ("transformer", "uvim_lm"):
+    return build_task(config)
+  stage_one = copy.deepcopy(config)
+  with stage_one.unlocked():
+    stage_one.task = "tokenizer" if config.task == "transformer" else "uvim_oracle"
+    if config.task == "transformer":
+      stage_one.gan.perceptual_weight = 0.0  # its weights are not part of the frozen variables
+  batch = abstract_batch(stage_one)
+  state = jax.eval_shape(build_task(stage_one).init, jax.random.key(0), batch)
+  if config.task == "transformer":
+    return build_maskgit_task(config, {"params": state.ema_params, **state.model_state})
+  return build_uvim_stage_two_task(config, {"params": state.params, **state.model_state})
+
+
+def per_device_bytes(tree, shardings) -> int:
+  """Bytes one device holds of ``tree`` (ShapeDtypeStructs) placed as ``shardings``."""
+  import jax
+
+  sizes = jax.tree.map(lambda a, s: math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize, tree, shardings)
+  return int(sum(jax.tree.leaves(sizes)))
+
+
+def collectives(hlo_text: str) -> dict[str, int]:
+  """How many of each collective the compiled program runs."""
+  return {name: len(re.findall(rf"\s{name}(?:-start)?\(", hlo_text)) for name in COLLECTIVES}
+
+
+def compile_step(fn, args) -> tuple[object, float]:
+  start = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  return compiled, time.perf_counter() - start
+
+
+def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
+  """Compiles ``config``'s steps for this process's devices and returns the plan's figures."""
+  import jax
+
+  from fsq.train import mesh as mesh_lib
+  from fsq.train.loop import jit_train_step
+  from fsq.train.validate import validate_config
+
+  validate_config(config)
+  task = abstract_task(config)
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+  batch = abstract_batch(config)
+  state = jax.eval_shape(task.init, jax.random.key(config.seed), {"image": batch["image"]})
+  rules = getattr(task, "sharding_rules", ())
+  shardings = mesh_lib.state_shardings(state, mesh, rules, fsdp_min_size=config.mesh.fsdp_min_size)
+  constants = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), task.constants())
+  train_step = jit_train_step(task, shardings, mesh, config.seed)
+  compiled, compile_s = compile_step(train_step, (state, batch, constants))
+  memory = compiled.memory_analysis()
+  peak = (
+    memory.argument_size_in_bytes
+    + memory.output_size_in_bytes
+    - memory.alias_size_in_bytes
+    + memory.temp_size_in_bytes
+  )
+  devices = mesh.size
+  flops = _flops(train_step, (state, batch, constants), compiled, devices)
+  params = per_device_bytes(state.params, shardings.params)
+  optimizer = per_device_bytes(
+    {k: getattr(state, k) for k in ("opt_state", "disc_opt_state") if hasattr(state, k)},
+    {k: getattr(shardings, k) for k in ("opt_state", "disc_opt_state") if hasattr(state, k)},
+  )
+  result = {
+    "task": config.task,
+    "platform": jax.devices()[0].platform,
+    "devices": devices,
+    "mesh": dict(mesh.shape),
+    "global_batch": config.batch_size,
+    "per_device_batch": config.batch_size // mesh_lib.batch_shards(mesh),
+    "compute_dtype": config.get("compute_dtype", "float32"),
+    "remat": bool(config.get("remat", False)),
+    "accumulation_steps": int(config.get("accumulation_steps", 1)),
+    "parameter_bytes_per_device": params,
+    "optimizer_bytes_per_device": optimizer,
+    "state_bytes_per_device": per_device_bytes(state, shardings),
+    "temp_bytes_per_device": int(memory.temp_size_in_bytes),
+    "bytes_per_device": int(peak),
+    "flops_per_step": flops,
+    "flops_per_example": flops / config.batch_size,
+    "collectives": collectives(compiled.as_text()),
+    "compile_s": round(compile_s, 1),
+  }
+  if not train_only:
+    replicated = mesh_lib.replicated(mesh)
+    eval_step = jax.jit(
+      task.eval_step,
+      in_shardings=(shardings, mesh_lib.batch_sharding(mesh), replicated),
+      out_shardings=replicated,
+    )
+    eval_compiled, eval_s = compile_step(
+      eval_step, (state, abstract_batch(config, eval_batch=True), constants)
+    )
+    eval_memory = eval_compiled.memory_analysis()
+    result["eval_bytes_per_device"] = int(
+      eval_memory.argument_size_in_bytes + eval_memory.output_size_in_bytes + eval_memory.temp_size_in_bytes
+    )
+    result["eval_compile_s"] = round(eval_s, 1)
+  if chip is not None:
+    result["chip"] = chip
+    result["chip_bytes"] = int(CHIP_MEMORY[chip])
+    result["fits"] = bool(peak <= CHIP_MEMORY[chip])
+    result["step_s_at_peak"] = flops / devices / CHIP_PEAK[chip]
+  return result
+
+
+def _flops(fn, args, compiled, devices: int) -> float:
+  """FLOPs of one step over the global batch: XLA's cost analysis of the program before partitioning
+  (or of one device's partitioned program times the devices)."""
+  cost = fn.lower(*args).cost_analysis()
+  if cost and cost.get("flops"):
+    return float(cost["flops"])
+  per_device = compiled.cost_analysis()
+  per_device = per_device[0] if isinstance(per_device, list) else per_device
+  return float(per_device["flops"]) * devices
+
+
+def format_table(r: dict) -> str:
+  def gib(x):
+    return f"{x / GIB:.2f} GiB"
+
+  rows = [
+    ("task", r["task"]),
+    ("devices / mesh", f"{r['devices']} {r['mesh']} ({r['platform']})"),
+    ("batch: global / per device", f"{r['global_batch']} / {r['per_device_batch']}"),
+    ("compute dtype, remat, accumulation", f"{r['compute_dtype']}, {r['remat']}, {r['accumulation_steps']}"),
+    ("parameters per device", gib(r["parameter_bytes_per_device"])),
+    ("optimizer state per device", gib(r["optimizer_bytes_per_device"])),
+    ("whole state per device", gib(r["state_bytes_per_device"])),
+    ("temporaries per device", gib(r["temp_bytes_per_device"])),
+    ("peak per device (train step)", gib(r["bytes_per_device"])),
+    ("FLOPs per step / per example", f"{r['flops_per_step']:.3e} / {r['flops_per_example']:.3e}"),
+    ("collectives", ", ".join(f"{k} {v}" for k, v in r["collectives"].items() if v) or "none"),
+    ("compile", f"{r['compile_s']} s"),
+  ]
+  if "eval_bytes_per_device" in r:
+    rows.append(("peak per device (eval step)", gib(r["eval_bytes_per_device"])))
+  if "chip" in r:
+    rows.append((f"{r['chip']}: memory, fits", f"{gib(r['chip_bytes'])}, {r['fits']}"))
+    rows.append(("step time at the chip's peak", f"{r['step_s_at_peak'] * 1e3:.1f} ms"))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="path.py[:args], as scripts.train's --config")
+  parser.add_argument(
+    "--devices", type=int, required=True, help="devices of the slice (chips, one per device)"
+  )
+  parser.add_argument("--chip", choices=sorted(CHIP_MEMORY), help="check the peak against this chip's memory")
+  parser.add_argument("--memory_gib", type=float, help="check the peak against this much memory per device")
+  parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE config overrides (repeatable)")
+  parser.add_argument("--train_only", action="store_true", help="skip the eval step")
+  args = parser.parse_args(argv)
+  if args.devices < 1:
+    parser.error(f"--devices must be >= 1, got {args.devices}")
+  flags = os.environ.get("XLA_FLAGS", "")
+  flags = " ".join(f for f in flags.split() if "device_count" not in f)
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if args.memory_gib is not None:
+    CHIP_MEMORY["custom"], CHIP_PEAK["custom"] = args.memory_gib * GIB, CHIP_PEAK.get(args.chip, math.inf)
+    args.chip = "custom"
+  config = load_config(args.config, parse_set(args.set))
+  result = plan(config, args.chip, args.train_only)
+  print(format_table(result))
+  print(json.dumps(result))
+  if result.get("fits") is False:
+    need, have = result["bytes_per_device"] / GIB, result["chip_bytes"] / GIB
+    print(
+      f"does not fit: the train step needs {need:.2f} GiB per device, {args.chip} has {have:.2f} GiB",
+      file=sys.stderr,
+    )
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,69 @@
+"""scripts.plan: ahead-of-time compiles of a config's steps for N devices, without data or checkpoints."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from scripts import plan as plan_lib
+from tests.test_train import REPO
+
+
+def _plan(*args):
+  done = subprocess.run(
+    [sys.executable, "-m", "scripts.plan", *args], cwd=REPO, capture_output=True, text=True, timeout=600
+  )
+  return done, (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode in (0, 1) else None)
+
+
+@pytest.mark.slow
+def test_plan_scales_flops_with_the_batch_and_shards_the_state_with_fsdp():
+  """The tiny autoencoder on 4 devices: twice the batch is twice the FLOPs, the same parameters; FSDP
+  over 2 devices holds about half the parameters per device; the eval step compiles too."""
+  config = "configs/autoencoder.py:quantizer=fsq"
+  tiny = ["--set", "model.filters=16", "--set", "model.norm_groups=8"]
+  small, a = _plan("--config", config, "--devices", "4", *tiny, "--set", "batch_size=8")
+  assert small.returncode == 0, small.stderr
+  _, b = _plan("--config", config, "--devices", "4", *tiny, "--set", "batch_size=16", "--train_only")
+  np.testing.assert_allclose(b["flops_per_step"] / a["flops_per_step"], 2.0, rtol=0.05)
+  assert a["per_device_batch"] == 2 and b["per_device_batch"] == 4
+  assert a["parameter_bytes_per_device"] == b["parameter_bytes_per_device"] > 0
+  assert a["eval_bytes_per_device"] > 0 and "eval_bytes_per_device" not in b
+  assert a["bytes_per_device"] >= a["state_bytes_per_device"] + a["temp_bytes_per_device"] // 2
+  # Parameters sharded over fsdp = 2 where they are large enough (the 2^18-element threshold lowered).
+  fsdp = ["--set", "mesh.fsdp=2", "--set", "mesh.fsdp_min_size=1024", "--train_only"]
+  _, c = _plan("--config", config, "--devices", "4", *tiny, "--set", "batch_size=8", *fsdp)
+  assert c["mesh"] == {"data": 2, "fsdp": 2, "model": 1}
+  assert 0.5 < c["parameter_bytes_per_device"] / a["parameter_bytes_per_device"] < 0.7
+  assert c["collectives"]["all-gather"] > 0  # FSDP gathers parameters; pure data parallelism does not
+  assert a["collectives"]["all-gather"] == 0
+
+
+@pytest.mark.slow
+def test_plan_sizes_stage_two_without_a_checkpoint_and_refuses_what_does_not_fit():
+  done, result = _plan(
+    "--config",
+    "configs/maskgit.py:stage=transformer,run=cpu",
+    "--devices",
+    "2",
+    "--set",
+    "transformer.num_layers=1",
+    "--train_only",
+    "--memory_gib",
+    "0.001",
+  )
+  assert done.returncode == 1 and result["task"] == "transformer" and result["fits"] is False
+  need = result["bytes_per_device"] / 2**30
+  assert f"does not fit: the train step needs {need:.2f} GiB per device, custom has 0.00 GiB" in done.stderr
+
+
+def test_plan_arguments_are_checked_before_compiling():
+  assert plan_lib.parse_set(["a.b=3", "c=x", "d=(1, 2)"]) == {"a.b": 3, "c": "x", "d": (1, 2)}
+  with pytest.raises(ValueError, match="--set takes FIELD=VALUE, got 'a'"):
+    plan_lib.parse_set(["a"])
+  with pytest.raises(ValueError, match=r"--set model.filterz: the config has no field 'model.filterz'"):
+    plan_lib.load_config("configs/autoencoder.py", {"model.filterz": 3})
+  assert jax.device_count() == 8  # the tests' own devices are untouched by a plan in a subprocess
