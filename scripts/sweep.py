@@ -45,6 +45,7 @@ from experiments.common import (
   experiment_runs,
   load_experiment,
 )
+from fsq.train.files import local_path
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TPU = REPO / "scripts" / "launch_tpu.sh"
@@ -271,7 +272,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", choices=experiment_names())
   parser.add_argument("--scale", choices=SCALES, default="cpu")
-  parser.add_argument("--root", type=Path, default=Path("runs/experiments"))
+  parser.add_argument("--root", default="runs/experiments", help="where the experiments' workdirs go")
   parser.add_argument("--parallel", type=int, default=1, help="runs at once (local only)")
   parser.add_argument("--print", action="store_true", help="print the commands instead of running them")
   parser.add_argument("--tpu", help="TPU pod slice name: run training through scripts/launch_tpu.sh")
@@ -283,6 +284,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     "--override", action="append", default=[], metavar="FIELD=VALUE", help="--config.FIELD=VALUE for all"
   )
   args = parser.parse_args(argv)
+  try:
+    args.root = local_path(args.root, "--root")
+  except ValueError as e:
+    parser.error(str(e))
   if args.parallel < 1:
     parser.error(f"--parallel must be >= 1, got {args.parallel}")
   if (args.zone or args.dry_run) and not args.tpu:

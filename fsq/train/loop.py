@@ -19,7 +19,7 @@ from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
-from fsq.train.files import write_text_atomically
+from fsq.train.files import check_shared, local_path, write_text_atomically
 from fsq.train.writers import MetricWriter, write_config
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def train_and_evaluate(
   """
   from fsq.tasks import build_task, pin_stage_one
 
-  workdir = Path(workdir)
+  workdir = local_path(workdir, "workdir")
   pin_stage_one(config, workdir)
   task = task if task is not None else build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
@@ -136,6 +136,7 @@ def train_and_evaluate(
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(workdir, config)
+  check_shared(workdir)
 
   init_rng = jax.random.key(config.seed)
   example = {"image": jax.ShapeDtypeStruct(pipeline.global_image_shape, jnp.float32)}

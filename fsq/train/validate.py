@@ -8,6 +8,7 @@ import ml_collections
 from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
 from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
+from fsq.train.files import local_path
 from fsq.train.mesh import mesh_shape
 
 
@@ -82,6 +83,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "data.channels",
   ):
     _positive_int(config, name)
+  for name, value in (
+    ("config.data.data_dir", config.data.data_dir),
+    ("config.tokenizer_workdir", config.get("tokenizer_workdir", "")),
+    ("config.vtt.encoder_init", config.get("vtt", {}).get("encoder_init", "")),
+  ):
+    local_path(value, name)
   if config.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
     raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
   if not isinstance(config.get("remat", False), bool):
