@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -157,7 +158,12 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
     + memory.temp_size_in_bytes
   )
   devices = mesh.size
-  flops = _flops(train_step, (state, batch, constants), compiled, devices)
+  counted = train_step
+  if config.get("accumulation_steps", 1) > 1:
+    # XLA's cost analysis counts a loop's body once: count the same step without accumulation's scan.
+    whole = dataclasses.replace(task, accumulation_steps=1)
+    counted = jit_train_step(whole, shardings, mesh, config.seed)
+  flops = _flops(counted, (state, batch, constants), compiled if counted is train_step else None, devices)
   params = per_device_bytes(state.params, shardings.params)
   optimizer = per_device_bytes(
     {k: getattr(state, k) for k in ("opt_state", "disc_opt_state") if hasattr(state, k)},
@@ -212,6 +218,8 @@ def _flops(fn, args, compiled, devices: int) -> float:
   cost = fn.lower(*args).cost_analysis()
   if cost and cost.get("flops"):
     return float(cost["flops"])
+  if compiled is None:
+    compiled = fn.lower(*args).compile()
   per_device = compiled.cost_analysis()
   per_device = per_device[0] if isinstance(per_device, list) else per_device
   return float(per_device["flops"]) * devices

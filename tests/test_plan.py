@@ -40,6 +40,13 @@ def test_plan_scales_flops_with_the_batch_and_shards_the_state_with_fsdp():
   assert 0.5 < c["parameter_bytes_per_device"] / a["parameter_bytes_per_device"] < 0.7
   assert c["collectives"]["all-gather"] > 0  # FSDP gathers parameters; pure data parallelism does not
   assert a["collectives"]["all-gather"] == 0
+  # Accumulating 2 micro-batches: the same FLOPs per step (XLA counts a scan's body once; plan counts
+  # the step without it), the same state.
+  _, d = _plan(
+    "--config", config, "--devices", "4", *tiny, "--set", "batch_size=16", "--set", "accumulation_steps=2"
+  )
+  np.testing.assert_allclose(d["flops_per_step"], b["flops_per_step"], rtol=0.01)
+  assert d["state_bytes_per_device"] == b["state_bytes_per_device"] and d["accumulation_steps"] == 2
 
 
 @pytest.mark.slow
