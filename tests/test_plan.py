@@ -19,34 +19,37 @@ def _plan(*args):
   return done, (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode in (0, 1) else None)
 
 
+def _plan_here(train_only=True, **overrides):
+  """scripts.plan's figures for the tiny FSQ autoencoder on this process's 8 CPU devices."""
+  tiny = {"model.filters": 16, "model.norm_groups": 8, **overrides}
+  return plan_lib.plan(
+    plan_lib.load_config("configs/autoencoder.py:quantizer=fsq", tiny), train_only=train_only
+  )
+
+
 @pytest.mark.slow
 def test_plan_scales_flops_with_the_batch_and_shards_the_state_with_fsdp():
-  """The tiny autoencoder on 4 devices: twice the batch is twice the FLOPs, the same parameters; FSDP
-  over 2 devices holds about half the parameters per device; the eval step compiles too."""
-  config = "configs/autoencoder.py:quantizer=fsq"
-  tiny = ["--set", "model.filters=16", "--set", "model.norm_groups=8"]
-  small, a = _plan("--config", config, "--devices", "4", *tiny, "--set", "batch_size=8")
-  assert small.returncode == 0, small.stderr
-  _, b = _plan("--config", config, "--devices", "4", *tiny, "--set", "batch_size=16", "--train_only")
+  """The tiny autoencoder on 8 devices: twice the batch is twice the FLOPs, the same parameters; so is
+  the batch in 2 accumulated micro-batches; FSDP over 2 devices holds about half the parameters per
+  device; the eval step compiles too."""
+  a = _plan_here(train_only=False, batch_size=16)
+  b = _plan_here(batch_size=32)
   np.testing.assert_allclose(b["flops_per_step"] / a["flops_per_step"], 2.0, rtol=0.05)
   assert a["per_device_batch"] == 2 and b["per_device_batch"] == 4
   assert a["parameter_bytes_per_device"] == b["parameter_bytes_per_device"] > 0
   assert a["eval_bytes_per_device"] > 0 and "eval_bytes_per_device" not in b
   assert a["bytes_per_device"] >= a["state_bytes_per_device"] + a["temp_bytes_per_device"] // 2
+  # Accumulating 2 micro-batches: the same FLOPs per step (XLA counts a scan's body once; plan counts
+  # the step without it), the same state.
+  d = _plan_here(batch_size=32, accumulation_steps=2)
+  np.testing.assert_allclose(d["flops_per_step"], b["flops_per_step"], rtol=0.01)
+  assert d["state_bytes_per_device"] == b["state_bytes_per_device"] and d["accumulation_steps"] == 2
   # Parameters sharded over fsdp = 2 where they are large enough (the 2^18-element threshold lowered).
-  fsdp = ["--set", "mesh.fsdp=2", "--set", "mesh.fsdp_min_size=1024", "--train_only"]
-  _, c = _plan("--config", config, "--devices", "4", *tiny, "--set", "batch_size=8", *fsdp)
-  assert c["mesh"] == {"data": 2, "fsdp": 2, "model": 1}
+  c = _plan_here(batch_size=16, **{"mesh.fsdp": 2, "mesh.fsdp_min_size": 1024})
+  assert c["mesh"] == {"data": 4, "fsdp": 2, "model": 1}
   assert 0.5 < c["parameter_bytes_per_device"] / a["parameter_bytes_per_device"] < 0.7
   assert c["collectives"]["all-gather"] > 0  # FSDP gathers parameters; pure data parallelism does not
   assert a["collectives"]["all-gather"] == 0
-  # Accumulating 2 micro-batches: the same FLOPs per step (XLA counts a scan's body once; plan counts
-  # the step without it), the same state.
-  _, d = _plan(
-    "--config", config, "--devices", "4", *tiny, "--set", "batch_size=16", "--set", "accumulation_steps=2"
-  )
-  np.testing.assert_allclose(d["flops_per_step"], b["flops_per_step"], rtol=0.01)
-  assert d["state_bytes_per_device"] == b["state_bytes_per_device"] and d["accumulation_steps"] == 2
 
 
 @pytest.mark.slow
