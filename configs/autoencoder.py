@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A multi-process job agrees on stopping (after SIGTERM or SIGHUP) every this many steps: a cross-host
   # collective, kept off most steps. One process checks its own flag every step.
   c.preemption_check_every_steps = 10
+  c.profile_steps = ()  # (first, last): a jax.profiler trace of these train steps into WORKDIR/profile
   c.num_eval_batches = -1  # -1: the whole evaluation split
   c.debug_nan_at_step = -1  # fault injection for tests: the batch of this step becomes NaN
 

@@ -102,7 +102,7 @@ def run_two_processes(args, log_dir, module="scripts.train", **env):
 
 
 def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
-  final = train_and_evaluate(tiny_config(tfds_data_dir, "steps=6"), tmp_path)
+  final = train_and_evaluate(tiny_config(tfds_data_dir, "steps=6", profile_steps=(2, 3)), tmp_path)
   train = read_metrics(tmp_path)
   assert [m["step"] for m in train] == [1, 2, 3, 4, 5, 6]
   for m in train:
@@ -119,6 +119,11 @@ def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
   assert (tmp_path / "images" / "eval_reconstructions_00000006.png").exists()
   assert json.loads((tmp_path / "config.json").read_text())["quantizer"]["levels"] == [8, 5, 5, 5]
   assert Checkpointer(tmp_path / "checkpoints").all_steps() == [2, 4, 6]
+  # The profile window (steps 2-3): one jax.profiler trace that TensorBoard's profile plugin reads.
+  assert len(list((tmp_path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))) == 1
+  for bad in ((3, 2), (0, 1), (2,)):
+    with pytest.raises(ValueError, match=r"config.profile_steps must be \(\) or \(first, last\)"):
+      tiny_config(tfds_data_dir, profile_steps=bad)
 
 
 @pytest.mark.slow

@@ -66,6 +66,30 @@ class _Preemption:
       signal.signal(s, previous)
 
 
+class _Profile:
+  """A ``jax.profiler`` trace of the train steps ``first`` .. ``last`` (``config.profile_steps``; () is
+  none) into ``directory`` (TensorBoard's profile plugin reads ``WORKDIR/profile``), one per process."""
+
+  def __init__(self, directory: Path, steps: tuple[int, ...]):
+    self.directory, self.steps, self.active = directory, steps, False
+
+  def before(self, step: int) -> None:
+    if self.steps and step == self.steps[0]:
+      jax.profiler.start_trace(str(self.directory))
+      self.active = True
+
+  def after(self, step: int, state) -> None:
+    if self.active and step == self.steps[1]:
+      self.stop(state)
+      log.info("profile of steps %d-%d written to %s", *self.steps, self.directory)
+
+  def stop(self, state) -> None:
+    if self.active:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
@@ -173,6 +197,7 @@ def train_and_evaluate(
     task.log_images, in_shardings=(shardings, batch_shardings, replicated), out_shardings=replicated
   )
   nan_step = config.get("debug_nan_at_step", -1)
+  profile = _Profile(workdir / "profile", tuple(config.get("profile_steps", ())))
 
   def log_eval(step):
     metrics = evaluate(task, state, constants, pipeline, eval_step, mesh, config.num_eval_batches)
@@ -196,6 +221,7 @@ def train_and_evaluate(
       pending = None
 
   def shutdown() -> None:
+    profile.stop(state)
     ckpt.close()
     writer.close()
 
@@ -207,7 +233,9 @@ def train_and_evaluate(
         batch = next(train_iter)
         if step == nan_step:
           batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+        profile.before(step)
         state, metrics = train_step(state, mesh_lib.global_batch(batch, mesh), constants)
+        profile.after(step, state)
         settle()  # the previous step, while this one runs
         pending = (step, metrics)
         last = step == config.num_train_steps

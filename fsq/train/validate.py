@@ -89,6 +89,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ("config.vtt.encoder_init", config.get("vtt", {}).get("encoder_init", "")),
   ):
     local_path(value, name)
+  profile = tuple(config.get("profile_steps", ()))
+  if profile and (
+    len(profile) != 2 or not all(isinstance(s, int) for s in profile) or not 1 <= profile[0] <= profile[1]
+  ):
+    raise ValueError(
+      f"config.profile_steps must be () or (first, last) with 1 <= first <= last, got {profile}"
+    )
   if config.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
     raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
   if not isinstance(config.get("remat", False), bool):
