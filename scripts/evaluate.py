@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
   args = parser.parse_args(argv)
-  distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
   logging.basicConfig(
     level=logging.INFO,
     format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -48,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
   )
   for name in ("absl", "orbax", "jax._src.xla_bridge"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
   from fsq.evals.run_eval import evaluate
 
   metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())

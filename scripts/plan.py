@@ -69,50 +69,6 @@ def load_config(spec: str, overrides: dict):
   return config
 
 
-def abstract_batch(config, eval_batch: bool = False) -> dict:
-  """ShapeDtypeStructs of a global batch of ``config``'s task: images, labels (MaskGIT stage II), the
-  dense maps (UViM), and the evaluation mask."""
-  import jax
-  import jax.numpy as jnp
-
-  b, s, c = config.batch_size, config.data.image_size, config.data.channels
-  batch = {"image": jax.ShapeDtypeStruct((b, s, s, c), jnp.float32)}
-  if config.task == "transformer":
-    batch["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
-  if config.task.startswith("uvim"):
-    if config.uvim.task == "depth":
-      batch["depth"] = jax.ShapeDtypeStruct((b, s, s), jnp.float32)
-    elif config.uvim.task == "panoptic":
-      batch["semantic"] = jax.ShapeDtypeStruct((b, s, s), jnp.int32)
-      batch["instance"] = jax.ShapeDtypeStruct((b, s, s), jnp.int32)
-  if eval_batch:
-    batch["mask"] = jax.ShapeDtypeStruct((b,), jnp.float32)
-  return batch
-
-
-def abstract_task(config):
-  """The config's task; a stage II task gets its frozen stage I as shapes (from the stage I task's
-  abstract init on the same config), so planning needs no checkpoint."""
-  import copy
-
-  import jax
-
-  from fsq.tasks import build_maskgit_task, build_task, build_uvim_stage_two_task
-
-  if config.task not in ("transformer", "uvim_lm"):
-    return build_task(config)
-  stage_one = copy.deepcopy(config)
-  with stage_one.unlocked():
-    stage_one.task = "tokenizer" if config.task == "transformer" else "uvim_oracle"
-    if config.task == "transformer":
-      stage_one.gan.perceptual_weight = 0.0  # its weights are not part of the frozen variables
-  batch = abstract_batch(stage_one)
-  state = jax.eval_shape(build_task(stage_one).init, jax.random.key(0), batch)
-  if config.task == "transformer":
-    return build_maskgit_task(config, {"params": state.ema_params, **state.model_state})
-  return build_uvim_stage_two_task(config, {"params": state.params, **state.model_state})
-
-
 def per_device_bytes(tree, shardings) -> int:
   """Bytes one device holds of ``tree`` (ShapeDtypeStructs) placed as ``shardings``."""
   import jax
@@ -136,14 +92,16 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
   """Compiles ``config``'s steps for this process's devices and returns the plan's figures."""
   import jax
 
+  from fsq.tasks import build_abstract_task
   from fsq.train import mesh as mesh_lib
+  from fsq.train.data import batch_spec
   from fsq.train.loop import jit_train_step
   from fsq.train.validate import validate_config
 
   validate_config(config)
-  task = abstract_task(config)
+  task = build_abstract_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  batch = abstract_batch(config)
+  batch = batch_spec(config.data, config.batch_size)
   state = jax.eval_shape(task.init, jax.random.key(config.seed), {"image": batch["image"]})
   rules = getattr(task, "sharding_rules", ())
   shardings = mesh_lib.state_shardings(state, mesh, rules, fsdp_min_size=config.mesh.fsdp_min_size)
@@ -197,7 +155,7 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
       out_shardings=replicated,
     )
     eval_compiled, eval_s = compile_step(
-      eval_step, (state, abstract_batch(config, eval_batch=True), constants)
+      eval_step, (state, batch_spec(config.data, config.batch_size, eval_batch=True), constants)
     )
     eval_memory = eval_compiled.memory_analysis()
     result["eval_bytes_per_device"] = int(

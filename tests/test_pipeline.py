@@ -408,3 +408,28 @@ def test_inception_crops_cut_image_and_dense_maps_alike_and_only_in_training():
   assert np.all(evaluation.max(axis=(1, 2)) - evaluation.min(axis=(1, 2)) >= 55)  # the whole image
   train = next(inputs.train_iterator())["depth"]
   assert (train.max(axis=(1, 2)) - train.min(axis=(1, 2))).min() < 50
+
+
+def test_batch_spec_describes_the_batches_the_pipeline_makes():
+  """``batch_spec`` (shapes for ahead-of-time compiles) against real training and evaluation batches."""
+  from configs.autoencoder import get_config
+  from fsq.train.data import InputPipeline, batch_spec
+
+  rng = np.random.default_rng(0)
+  maps = {"depth": np.float32, "semantic": np.int32, "instance": np.int32}
+  examples = [
+    {"image": rng.integers(0, 256, (6, 6, 3), np.uint8), **{k: np.ones((6, 6), t) for k, t in maps.items()}}
+    for _ in range(8)
+  ]
+  source = pipeline.ImageSource(examples, (6, 6, 3), tuple(maps))
+  config = get_config().data
+  config.image_size, config.channels, config.dense, config.resize_mode = 4, 3, tuple(maps), "crop"
+  inputs = InputPipeline(config, 4, 0, sources=(source, source))
+  for batch, eval_batch in ((next(inputs.train_iterator()), False), (next(inputs.eval_batches()), True)):
+    spec = batch_spec(config, 4, eval_batch)
+    assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {
+      k: (s.shape, np.dtype(s.dtype)) for k, s in spec.items()
+    }
+  config.dense = ("normals",)
+  with pytest.raises(ValueError, match=r"config.data.dense names 'normals'; the dense maps are"):
+    batch_spec(config, 4)

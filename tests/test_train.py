@@ -97,8 +97,9 @@ def run_two_processes(args, log_dir, module="scripts.train", **env):
   flags = without_device_count(os.environ["XLA_FLAGS"])
   done = run_cli(launcher, env=dict(os.environ, XLA_FLAGS=flags, **env), module="scripts.launch_local")
   assert done.returncode == 0, "".join(p.read_text() for p in sorted(Path(log_dir).glob("process_*.log")))
-  if module == "scripts.train":
-    assert "2 processes, 4 devices" in (Path(log_dir) / "process_0.log").read_text()
+  for process in (0, 1):
+    log = (Path(log_dir) / f"process_{process}.log").read_text()
+    assert f"process {process} of 2 processes, 4 devices" in log, log
 
 
 def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):

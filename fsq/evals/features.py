@@ -81,8 +81,7 @@ class FeatureExtractor:
     for batch in batches:
       feats = self(batch["image"])
       valid = np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(len(batch["image"]), bool)
-      if jax.process_count() > 1:  # features are of the global batch; so must the mask be
-        valid = multihost_utils.process_allgather(valid, tiled=True)
+      valid = mesh_lib.global_rows(valid)  # features are of the global batch; so must the mask be
       out.append(feats[valid][: num_images - done])
       done += len(out[-1])
       now = time.perf_counter()

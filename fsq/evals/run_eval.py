@@ -293,9 +293,7 @@ def _all_processes(x) -> np.ndarray:
 def _first_rows(mask: np.ndarray, count: int) -> np.ndarray:
   """(B,) bool: this process's rows of a global batch that are among its first ``count`` valid rows
   (process p holds rows p * B .. (p + 1) * B - 1 of the global batch, as ``FeatureExtractor`` reads it)."""
-  valid = np.asarray(mask, bool)
-  if jax.process_count() > 1:
-    valid = multihost_utils.process_allgather(valid, tiled=True)
+  valid = mesh_lib.global_rows(np.asarray(mask, bool))
   first = valid & (np.cumsum(valid) <= count)
   b = len(mask)
   return first[jax.process_index() * b : (jax.process_index() + 1) * b]

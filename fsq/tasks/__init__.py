@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -20,11 +22,13 @@ from fsq.tasks.tokenizer import TokenizerTask
 from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
 from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
 from fsq.train.checkpoint import restore_step_to_host, saved_step
+from fsq.train.data import batch_spec
 from fsq.train.files import local_path
 from fsq.train.state import make_optimizer
 from fsq.train.writers import read_config
 
 TASKS = ("autoencoder", "tokenizer", "transformer", "uvim_oracle", "uvim_lm")
+STAGE_ONE = {"transformer": "tokenizer", "uvim_lm": "uvim_oracle"}  # stage II task -> its stage I task
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
@@ -90,15 +94,12 @@ def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
   config.tokenizer_step = step
 
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   """The dtype of the models' activations (``config.compute_dtype``; parameters, optimizer state, losses
   and quantizer arithmetic stay float32)."""
   name = config.get("compute_dtype", "float32")
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f"config.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {name!r}")
   return jnp.dtype(name)
 
 
@@ -280,3 +281,21 @@ def build_task(config: ml_collections.ConfigDict):
   if config.task == "uvim_lm":
     return build_uvim_stage_two_task(config)
   raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
+
+
+def build_abstract_task(config: ml_collections.ConfigDict):
+  """``build_task(config)`` without a stage I checkpoint: a stage II task's frozen stage I is shapes only
+  (``jax.eval_shape`` of the stage I task's init on the same config), for plans and ahead-of-time
+  compiles; other tasks are built as ``build_task`` builds them."""
+  if config.task not in STAGE_ONE:
+    return build_task(config)
+  stage_one = copy.deepcopy(config)
+  with stage_one.unlocked():
+    stage_one.task = STAGE_ONE[config.task]
+    if stage_one.task == "tokenizer":  # its perceptual network is no part of the frozen variables
+      stage_one.gan.perceptual_weight = 0.0
+  batch = batch_spec(stage_one.data, stage_one.batch_size)
+  state = jax.eval_shape(build_task(stage_one).init, jax.random.key(0), batch)
+  if config.task == "transformer":
+    return build_maskgit_task(config, {"params": state.ema_params, **state.model_state})
+  return build_uvim_stage_two_task(config, {"params": state.params, **state.model_state})

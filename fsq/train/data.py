@@ -72,6 +72,28 @@ def _open_sources(
   )
 
 
+# The dtype each dense map has in a batch (the datasets' features and adapters make these).
+DENSE_DTYPES = {"depth": np.float32, "semantic": np.int32, "instance": np.int32}
+
+
+def batch_spec(data_config: ml_collections.ConfigDict, batch_size: int, eval_batch: bool = False) -> dict:
+  """``jax.ShapeDtypeStruct``s of one global batch of ``data_config`` (as the pipeline makes them):
+  "image" (B, S, S, C) float32, "label" (B,) int32, each of ``data_config.dense`` (B, S, S), and for an
+  evaluation batch the "mask" (B,) float32. For shapes without data: ahead-of-time compiles, plans."""
+  b, s, c = batch_size, data_config.image_size, data_config.channels
+  spec = {
+    "image": jax.ShapeDtypeStruct((b, s, s, c), np.float32),
+    "label": jax.ShapeDtypeStruct((b,), np.int32),
+  }
+  for name in data_config.get("dense", ()):
+    if name not in DENSE_DTYPES:
+      raise ValueError(f"config.data.dense names {name!r}; the dense maps are {sorted(DENSE_DTYPES)}")
+    spec[name] = jax.ShapeDtypeStruct((b, s, s), DENSE_DTYPES[name])
+  if eval_batch:
+    spec["mask"] = jax.ShapeDtypeStruct((b,), np.float32)
+  return spec
+
+
 class InputPipeline:
   """Training and evaluation batches of ``data_config`` for a global batch of ``batch_size``."""
 

@@ -11,9 +11,12 @@ checkpoints need the distributed client, so a pod worker that skipped it would d
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 # Device files of TPU chips: /dev/accel* (v2-v4), /dev/vfio/* (v5e, v5p, v6e).
@@ -65,9 +68,16 @@ def initialize(
   num_processes: int | None = None,
   process_id: int | None = None,
 ) -> None:
-  """Calls ``jax.distributed.initialize`` as ``initialize_arguments`` says (before any other jax call)."""
+  """Calls ``jax.distributed.initialize`` as ``initialize_arguments`` says (before any other jax call),
+  and logs which process of how many, with how many devices, this one is."""
   kwargs = initialize_arguments(mode, coordinator, num_processes, process_id)
   if kwargs is not None:
     import jax
 
     jax.distributed.initialize(**kwargs)
+    log.info(
+      "joined the job: process %d of %d processes, %d devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.device_count(),
+    )

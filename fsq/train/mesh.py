@@ -110,6 +110,15 @@ def global_batch(local_batch, mesh: Mesh):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def global_rows(local: np.ndarray) -> np.ndarray:
+  """A per-row host array of this process's rows, (B, ...), as the whole global batch's, (P * B, ...):
+  process p's rows are rows p * B .. (p + 1) * B - 1, as ``global_batch`` lays them out."""
+  local = np.asarray(local)
+  if jax.process_count() == 1:
+    return local
+  return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
 def local_rows(global_arrays, mesh: Mesh):
   """The inverse of ``global_batch``: this process's rows of batch-sharded global arrays, as numpy (in a
   multi-process job the global array is not addressable here as a whole)."""

@@ -8,6 +8,7 @@ import ml_collections
 from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
 from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
+from fsq.tasks import compute_dtype
 from fsq.train.files import local_path
 from fsq.train.mesh import mesh_shape
 
@@ -96,8 +97,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.profile_steps must be () or (first, last) with 1 <= first <= last, got {profile}"
     )
-  if config.get("compute_dtype", "float32") not in ("float32", "bfloat16"):
-    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {config.compute_dtype!r}")
+  compute_dtype(config)
   if not isinstance(config.get("remat", False), bool):
     raise ValueError(f"config.remat must be True or False, got {config.remat!r}")
   if config.num_eval_batches != -1 and config.num_eval_batches < 1:
