@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
-from fsq.train.files import write_atomically
+from fsq.train.files import run_path, write_atomically
 
 SCALES = ("cpu", "paper")
 NOT_EXPERIMENTS = ("common", "convergence")  # the helper modules of this package
@@ -154,16 +154,16 @@ def experiment_runs(module: ModuleType, scale: str, levels: Sequence[tuple[int, 
   return runs
 
 
-def experiment_dir(root: Path, experiment: str, scale: str) -> Path:
-  """ROOT/EXPERIMENT/SCALE: the parent of the experiment's run workdirs."""
-  return Path(root) / experiment / scale
+def experiment_dir(root, experiment: str, scale: str):
+  """ROOT/EXPERIMENT/SCALE: the parent of the experiment's run workdirs (ROOT a local path or gs:// URL)."""
+  return run_path(root, "root") / experiment / scale
 
 
 def load_results(directory: Path, runs: Sequence[Run]) -> dict[str, dict[str, float]]:
   """{run name: contents of directory/RUN/results.json} for the runs that have one."""
   results = {}
   for run in runs:
-    path = Path(directory) / run.name / "results.json"
+    path = run_path(directory, "directory") / run.name / "results.json"
     if path.exists():
       results[run.name] = json.loads(path.read_text())
   return results

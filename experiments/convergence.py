@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import Run, markdown_table, pyplot, save_figure
+from fsq.train.files import run_path
 from fsq.train.writers import read_metrics
 
 TRAIN_KEYS = ("mse", "loss")  # the reconstruction term of a tokenizer, else the whole objective
@@ -49,7 +50,7 @@ def tail_change(steps: np.ndarray, values: np.ndarray, fraction: float = TAIL) -
 
 
 def _logged(runs: Sequence[Run], run_dir: Path) -> list[tuple[Run, list[dict]]]:
-  paths = [(run, Path(run_dir) / run.name / "metrics.jsonl") for run in runs]
+  paths = [(run, run_path(run_dir, "run_dir") / run.name / "metrics.jsonl") for run in runs]
   return [(run, read_metrics(path)) for run, path in paths if path.exists()]
 
 

@@ -32,6 +32,7 @@ from experiments.common import (
   save_figure,
 )
 from experiments.convergence import series
+from fsq.train.files import run_path
 from fsq.train.writers import read_metrics
 
 STEPS = 4000
@@ -74,7 +75,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
 
 def _validations(run: Run, run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """{metric: (steps, values)} of the run's validations in its metrics.jsonl (empty without one)."""
-  path = Path(run_dir) / run.name / "metrics.jsonl"
+  path = run_path(run_dir, "run_dir") / run.name / "metrics.jsonl"
   if not path.exists():
     return {}
   records = read_metrics(path)

@@ -33,6 +33,7 @@ from experiments.common import (
   save_figure,
   value,
 )
+from fsq.train.files import run_path
 
 CPU_COLOR_FID_IMAGES = 500  # the whole test split of synthetic_scenes/64
 PAPER_COLOR_FID_IMAGES = 5000  # FID-5k
@@ -185,9 +186,11 @@ def predictions_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> lis
   for row, task in enumerate(TASKS):
     for col, (quantizer, label) in enumerate(QUANTIZERS):
       ax, name = axes[row, col], run_name(task, quantizer, "on", "lm")
-      pngs = sorted((Path(run_dir) / name / "images").glob("eval_predictions_*.png")) if name in names else []
+      images = run_path(run_dir, "run_dir") / name / "images"
+      pngs = sorted(images.glob("eval_predictions_*.png")) if name in names else []
       if pngs:
-        ax.imshow(plt.imread(pngs[-1]))
+        with pngs[-1].open("rb") as f:
+          ax.imshow(plt.imread(f, format="png"))
         found = True
       ax.set(title=f"{task.label}, {label}", xticks=[], yticks=[])
   if not found:

@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", choices=experiment_names())
   parser.add_argument("--scale", choices=SCALES, default="cpu")
-  parser.add_argument("--root", type=Path, default=Path("runs/experiments"))
+  parser.add_argument("--root", default="runs/experiments", help="a folder or gs:// URL")
   parser.add_argument("--out", type=Path, help="default: experiments/results/EXPERIMENT/SCALE")
   parser.add_argument("--levels", nargs="+", type=parse_levels, help="the level sets the sweep ran")
   args = parser.parse_args(argv)

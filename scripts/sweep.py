@@ -4,21 +4,21 @@
   python -m scripts.sweep codebook_size --parallel 2 --only 'fsq_*'
   python -m scripts.sweep levels_sweep --levels 8-5-5-5 8-8-8 5-5-5-5-5
   python -m scripts.sweep maskgit_imagenet256 --scale paper --print
-  python -m scripts.sweep maskgit_imagenet256 --scale paper --root /shared/runs --tpu NAME --zone ZONE
+  python -m scripts.sweep maskgit_imagenet256 --scale paper --root gs://BUCKET/runs --tpu NAME --zone ZONE
 
 Run RUN lives in ROOT/EXPERIMENT/SCALE/RUN, with train.log and evaluate.log (appended to on every
-attempt). A run whose results.json exists is complete and skipped; an interrupted one resumes: training
-continues from its newest checkpoint (and is skipped once final_metrics.json exists), evaluation is
-redone. A run starts after the run it depends on (stage II after its tokenizer). The first failure stops
-the sweep, naming the run and its log; runs in flight get SIGTERM, which checkpoints them (so does a
-SIGTERM to the sweep). Each command
-and its outcome is logged to stdout and ROOT/EXPERIMENT/SCALE/sweep.log. To retrain a run, delete its
-workdir.
+attempt). ROOT may be a gs:// URL; the logs then go to LOG_DIR/EXPERIMENT/SCALE/RUN on this machine. A
+run whose results.json exists is complete and skipped; an interrupted one resumes: training continues
+from its newest checkpoint (and is skipped once final_metrics.json exists), evaluation is redone. A run
+starts after the run it depends on (stage II after its tokenizer). The first failure stops the sweep,
+naming the run and its log; runs in flight get SIGTERM, which checkpoints them (so does a SIGTERM to the
+sweep). Each command and its outcome is logged to stdout and sweep.log beside the runs' logs. To retrain
+a run, delete its workdir.
 
 --tpu runs each training on every worker of a TPU pod slice through scripts/launch_tpu.sh (one run at a
-time; ROOT must be an absolute path that every worker and the machine running the sweep see, as it looks
-for each run's final_metrics.json there) and lists the evaluation commands at the end: launch_tpu.sh runs
-scripts.train only, so they run on one host that sees ROOT.
+time; ROOT must be a gs:// URL or an absolute path that every worker and the machine running the sweep
+see, as it looks for each run's final_metrics.json there) and lists the evaluation commands at the end:
+launch_tpu.sh runs scripts.train only, so they run on one host that sees ROOT.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from experiments.common import (
   experiment_runs,
   load_experiment,
 )
-from fsq.train.files import local_path
+from fsq.train.files import is_cloud, local_path, run_path
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TPU = REPO / "scripts" / "launch_tpu.sh"
@@ -163,13 +163,15 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-  """Where and how runs execute: directory holds their workdirs; tpu = (name, zone, dry_run) or None."""
+  """Where and how runs execute: directory holds their workdirs (a local path or gs:// URL), log_dir
+  their train.log and evaluate.log (local); tpu = (name, zone, dry_run) or None."""
 
-  directory: Path
+  directory: object
   overrides: tuple[str, ...]
   tpu: tuple[str, str, bool] | None
   log: Log
   processes: Processes
+  log_dir: Path
 
   def commands(self, run: Run) -> list[list[str]]:
     """What the sweep launches for ``run``: training, then (locally) evaluation."""
@@ -185,9 +187,11 @@ class Sweep:
     workdir = self.directory / run.name
     local = self.tpu is None
     dry_run = not local and self.tpu[2]
+    logs = self.log_dir / run.name
     if local:
       workdir.mkdir(parents=True, exist_ok=True)
-    train_log, eval_log = (workdir / "train.log", workdir / "evaluate.log") if local else (None, None)
+      logs.mkdir(parents=True, exist_ok=True)
+    train_log, eval_log = (logs / "train.log", logs / "evaluate.log") if local else (None, None)
     if (workdir / "final_metrics.json").exists():
       self.log(f"{run.name}: trained (final_metrics.json exists)")
     else:
@@ -272,7 +276,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("experiment", choices=experiment_names())
   parser.add_argument("--scale", choices=SCALES, default="cpu")
-  parser.add_argument("--root", default="runs/experiments", help="where the experiments' workdirs go")
+  parser.add_argument(
+    "--root", default="runs/experiments", help="where the experiments' workdirs go (a folder or gs:// URL)"
+  )
+  parser.add_argument(
+    "--log_dir", default="runs/sweep_logs", help="where the logs go when --root is a gs:// URL (local)"
+  )
   parser.add_argument("--parallel", type=int, default=1, help="runs at once (local only)")
   parser.add_argument("--print", action="store_true", help="print the commands instead of running them")
   parser.add_argument("--tpu", help="TPU pod slice name: run training through scripts/launch_tpu.sh")
@@ -285,7 +294,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   args = parser.parse_args(argv)
   try:
-    args.root = local_path(args.root, "--root")
+    args.root = run_path(args.root, "--root")
+    args.log_dir = local_path(args.log_dir, "--log_dir")
   except ValueError as e:
     parser.error(str(e))
   if args.parallel < 1:
@@ -296,8 +306,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.error("--tpu needs --zone")
   if args.tpu and args.parallel != 1:
     parser.error("--tpu runs one run at a time on the pod slice: drop --parallel")
-  if args.tpu and not args.root.is_absolute():
-    parser.error(f"--tpu needs an absolute --root that every worker sees, got {args.root}")
+  if args.tpu and not (is_cloud(args.root) or args.root.is_absolute()):
+    parser.error(f"--tpu needs a gs:// or absolute --root that every worker sees, got {args.root}")
   bad = [o for o in args.override if "=" not in o]
   if bad:
     parser.error(f"--override takes FIELD=VALUE, got {bad}")
@@ -308,14 +318,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   module = load_experiment(args.experiment)
   runs = select(experiment_runs(module, args.scale, args.levels), args.only)
-  directory = experiment_dir(args.root, args.experiment, args.scale).absolute()
+  directory = experiment_dir(args.root, args.experiment, args.scale)
+  if not is_cloud(directory):
+    directory = directory.absolute()
+  log_dir = experiment_dir(args.log_dir, args.experiment, args.scale) if is_cloud(directory) else directory
+  log_dir = Path(log_dir).absolute()
   complete = {run.name for run in runs if (directory / run.name / "results.json").exists()}
   tpu = (args.tpu, args.zone, args.dry_run) if args.tpu else None
   keep_log = not (args.print or args.dry_run)
   if keep_log:
     directory.mkdir(parents=True, exist_ok=True)
-  log = Log(directory / "sweep.log" if keep_log else None)
-  sweep = Sweep(directory, tuple(args.override), tpu, log, Processes())
+    log_dir.mkdir(parents=True, exist_ok=True)
+  log = Log(log_dir / "sweep.log" if keep_log else None)
+  sweep = Sweep(directory, tuple(args.override), tpu, log, Processes(), log_dir)
 
   if args.print:
     for run in runs:

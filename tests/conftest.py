@@ -12,6 +12,11 @@ removes the folder.
 import hashlib
 import os
 import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -61,6 +66,48 @@ def tfds_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   builders.prepare("fashion_mnist_local", data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+  """``gs://fsq-test`` on a real Cloud Storage emulator (``tests.gcs_emulator``: gcp-storage-emulator's
+  HTTP server, started here as a process on localhost): gs:// URLs under it work in this process and in
+  the processes its tests start (gcsfs reads ``STORAGE_EMULATOR_HOST``, orbax's tensorstore
+  ``TENSORSTORE_GCS_HTTP_URL``).
+  Anonymous access, and not gcsfs's experimental bucket-type probe (gRPC, which no emulator speaks)."""
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  url = f"http://127.0.0.1:{port}"
+  command = [sys.executable, "-m", "tests.gcs_emulator", f"--port={port}", "--bucket=fsq-test"]
+  log = tmp_path_factory.mktemp("gcs") / "emulator.log"
+  with open(log, "w") as out:
+    server = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+  deadline = time.monotonic() + 60
+  while True:
+    try:
+      urllib.request.urlopen(f"{url}/storage/v1/b/fsq-test", timeout=5).close()
+      break
+    except OSError:
+      if server.poll() is not None or time.monotonic() > deadline:
+        server.kill()
+        raise RuntimeError(f"the GCS emulator did not start: {log.read_text()}") from None
+      time.sleep(0.2)
+  env = {
+    "STORAGE_EMULATOR_HOST": url,
+    "TENSORSTORE_GCS_HTTP_URL": url,
+    "FSSPEC_GCS_TOKEN": "anon",
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+  }
+  os.environ.update(env)
+  import fsspec
+
+  fsspec.config.conf.setdefault("gcs", {})["token"] = "anon"
+  yield "gs://fsq-test"
+  server.terminate()
+  server.wait(timeout=30)
+  for name in env:
+    os.environ.pop(name, None)
 
 
 def pytest_collection_modifyitems(config, items):

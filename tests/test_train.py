@@ -19,6 +19,7 @@ from configs.autoencoder import get_config
 from fsq.data import pipeline
 from fsq.train import writers
 from fsq.train.checkpoint import Checkpointer, restore_to_host
+from fsq.train.files import run_path
 from fsq.train.loop import NonFiniteLossError, train_and_evaluate
 from tests.helpers import patched
 
@@ -41,11 +42,12 @@ def tiny_config(data_dir, arg="", **overrides):
 
 
 def read_metrics(workdir, split="train"):
-  return [m for m in writers.read_metrics(Path(workdir) / "metrics.jsonl") if m["split"] == split]
+  path = run_path(workdir, "workdir") / "metrics.jsonl"
+  return [m for m in writers.read_metrics(path) if m["split"] == split]
 
 
 def restore_state(workdir, step):
-  return restore_to_host(Path(workdir) / "checkpoints" / str(step))
+  return restore_to_host(run_path(workdir, "workdir") / "checkpoints" / str(step))
 
 
 def restore_params(workdir, step):
@@ -175,14 +177,14 @@ def test_non_finite_loss_stops_within_a_step_and_keeps_the_last_checkpoint(tfds_
   assert all(np.all(np.isfinite(p)) for p in params)
 
 
-def _metric_lines(workdir: Path) -> list[dict]:
-  path = workdir / "metrics.jsonl"
+def _metric_lines(workdir) -> list[dict]:
+  path = run_path(workdir, "workdir") / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _start(args) -> tuple[subprocess.Popen, int]:
   """Starts a training process; returns it and how many metric lines earlier runs left."""
-  workdir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("--workdir=")))
+  workdir = run_path(next(a.split("=", 1)[1] for a in args if a.startswith("--workdir=")), "workdir")
   before = len(_metric_lines(workdir))
   proc = subprocess.Popen(
     [sys.executable, "-m", "scripts.train", *args],
@@ -194,7 +196,7 @@ def _start(args) -> tuple[subprocess.Popen, int]:
   return proc, before
 
 
-def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, skip: int, timeout: float = 300) -> None:
+def _wait_for_step(workdir, step: int, proc: subprocess.Popen, skip: int, timeout: float = 300) -> None:
   """Waits until this process (the metric lines after the first ``skip``) has logged ``step`` or later."""
   deadline = time.time() + timeout
   while time.time() < deadline:
@@ -207,12 +209,14 @@ def _wait_for_step(workdir: Path, step: int, proc: subprocess.Popen, skip: int, 
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tfds_data_dir, tmp_path):
+def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tfds_data_dir, tmp_path, gcs_bucket):
+  """The interrupted run lives in a gs:// bucket (a real Cloud Storage emulator): checkpoints, logs and
+  the data iterator's state there; it ends bit-identical to an uninterrupted run on local disk."""
   steps = 12
   full = tmp_path / "full"
   assert run_cli(cli_args(full, tfds_data_dir, steps, checkpoint_every_steps=1)).returncode == 0
 
-  killed = tmp_path / "killed"
+  killed = run_path(f"{gcs_bucket}/killed", "workdir")
   args = cli_args(killed, tfds_data_dir, steps, checkpoint_every_steps=1)
   proc, skip = _start(args)
   kill_at = random.Random().randint(2, 5)  # any step must do; printed for reproduction

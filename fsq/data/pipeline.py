@@ -24,8 +24,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+import os
+import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grain
@@ -36,6 +37,7 @@ from absl import flags, logging
 from PIL import Image
 
 from fsq.data import dense_targets
+from fsq.train import files
 
 RESIZE_MODES = ("pad", "crop", "squash")
 RANDOM_CROPS = ("", "inception")
@@ -117,20 +119,28 @@ class SkipLog:
   Appends are single small writes, so workers can add lines concurrently. The file outlives the
   loader: a resumed run keeps appending, and an example skipped again (next epoch) is listed again.
   Readers run ahead of training by the prefetch buffers, so the log may list examples of batches not
-  yet consumed.
+  yet consumed. Cloud objects cannot be appended to: on a ``gs://`` path each skip is an object of its
+  own in the folder ``PATH.d``, listed as if it were a line of the file.
   """
 
-  def __init__(self, path: str | Path):
-    self.path = Path(path)
+  def __init__(self, path):
+    self.path = files.run_path(path, "skip log")
+    self.folder = self.path.parent / f"{self.path.name}.d"
 
   def add(self, record_key: int, reason: str) -> None:
-    with self.path.open("a") as f:
-      f.write(f"{record_key}\t{reason}\n")
+    line = f"{record_key}\t{reason}\n"
+    if files.is_cloud(self.path):
+      self.folder.mkdir(parents=True, exist_ok=True)
+      (self.folder / f"{record_key}.{os.getpid()}.{time.time_ns()}.tsv").write_text(line)
+      return
+    with open(self.path, "a") as f:
+      f.write(line)
 
   def record_keys(self) -> list[int]:
-    if not self.path.exists():
-      return []
-    return [int(line.split("\t", 1)[0]) for line in self.path.read_text().splitlines()]
+    lines = self.path.read_text().splitlines() if self.path.exists() else []
+    if self.folder.exists():
+      lines += [p.read_text().strip() for p in sorted(self.folder.iterdir())]
+    return [int(line.split("\t", 1)[0]) for line in lines]
 
   def __len__(self) -> int:
     return len(self.record_keys())

@@ -22,13 +22,14 @@ from jax.experimental import multihost_utils
 from fsq import weights
 from fsq.evals import inception
 from fsq.train import mesh as mesh_lib
-from fsq.train.files import write_atomically
+from fsq.train.files import run_path, write_atomically
 
 log = logging.getLogger(__name__)
 
 DIM = 2048  # pool3 features
-CACHE_DIR = Path(
-  os.environ.get("FSQ_FID_CACHE", Path(__file__).resolve().parents[2] / "artifacts" / "fid_reference")
+# A local folder or a gs:// URL (shared by a pod's hosts).
+CACHE_DIR = os.environ.get(
+  "FSQ_FID_CACHE", str(Path(__file__).resolve().parents[2] / "artifacts" / "fid_reference")
 )
 
 
@@ -107,12 +108,12 @@ def reference_key(data_config, split: str, num_images: int, weights_digest: str,
   return key if order is None else f"{key}|{order}"
 
 
-def _cached(path: Path, key: str) -> np.ndarray | None:
+def _cached(path, key: str) -> np.ndarray | None:
   """The features cached in ``path`` under ``key``, if this process has them and every process does
   (a cache on a disk that only some hosts see must not split them between reading and extracting)."""
   feats = None
   if path.exists():
-    with np.load(path, allow_pickle=False) as data:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
       if str(data["key"]) == key:
         feats = data["features"]
   if jax.process_count() > 1:
@@ -134,7 +135,7 @@ def reference_features(
   enumerate it in ``order``: None for the split's own order), computed once and cached as ``.npz`` under
   ``cache_dir`` keyed by ``reference_key``."""
   key = reference_key(data_config, split, num_images, extractor.weights_digest, order)
-  cache_dir = CACHE_DIR if cache_dir is None else Path(cache_dir)
+  cache_dir = run_path(CACHE_DIR if cache_dir is None else cache_dir, "FID reference cache")
   path = cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
   cached = _cached(path, key)
   if cached is not None:

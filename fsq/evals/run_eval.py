@@ -25,7 +25,7 @@ from fsq.evals.features import FeatureExtractor, reference_features
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
-from fsq.train.files import local_path, write_text_atomically
+from fsq.train.files import run_path, write_text_atomically
 from fsq.train.writers import read_config
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def load_run(workdir: str | Path) -> LoadedRun:
   """Rebuilds the task of ``workdir/config.json`` and restores its newest checkpoint onto the mesh."""
   from fsq.tasks import build_task
 
-  workdir = local_path(workdir, "workdir")
+  workdir = run_path(workdir, "workdir")
   config = read_config(workdir)
   task = build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
@@ -375,7 +375,7 @@ def evaluate(
   """Computes ``metrics`` for the run in ``workdir`` and writes ``workdir/results.json`` (atomically):
   its ``final_metrics.json`` plus the new metrics and the checkpoint step. ``cache_dir``: where reference
   features are cached (default ``fsq.evals.features.CACHE_DIR``)."""
-  workdir = local_path(workdir, "workdir")
+  workdir = run_path(workdir, "workdir")
   unknown = set(metrics) - set(METRICS)
   if unknown:
     raise ValueError(f"metrics must be among {METRICS}, got {sorted(unknown)}")

@@ -23,12 +23,15 @@ the model's shape. The file is read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import collections
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.ndimage
+
+from fsq.train.files import run_path
 
 DROPPED = ("cls", "head", "pre_logits")
 
@@ -53,11 +56,11 @@ def _linen_names(tree: dict[str, Any]) -> dict[str, Any]:
 def read_vit_npz(path: str | Path) -> dict[str, Any]:
   """A big_vision ViT ``.npz`` -> nested dict of numpy arrays in ``fsq.models.vit.ViT``'s layout
   (``embedding``, ``pos_embedding`` (1, g * g, width), ``Transformer``), without class token or head."""
-  path = Path(path).expanduser()
+  path = run_path(os.path.expanduser(path), "ViT checkpoint")  # big_vision's live in gs:// buckets
   if not path.is_file():
     raise FileNotFoundError(f"ViT checkpoint {path} does not exist")
   tree: dict[str, Any] = {}
-  with np.load(path, allow_pickle=False) as flat:
+  with path.open("rb") as f, np.load(f, allow_pickle=False) as flat:
     for key in flat.files:
       *parents, leaf = key.split("/")
       node = tree

@@ -23,7 +23,7 @@ from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
 from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
 from fsq.train.checkpoint import restore_step_to_host, saved_step
 from fsq.train.data import batch_spec
-from fsq.train.files import local_path
+from fsq.train.files import run_path
 from fsq.train.state import make_optimizer
 from fsq.train.writers import read_config
 
@@ -71,7 +71,7 @@ def restore_stage_one(config: ml_collections.ConfigDict, keys: tuple[str, ...] |
     raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
   step = config.get("tokenizer_step", 0)
   try:
-    workdir = local_path(config.tokenizer_workdir, "config.tokenizer_workdir")
+    workdir = run_path(config.tokenizer_workdir, "config.tokenizer_workdir")
     return restore_step_to_host(workdir / "checkpoints", step, keys)
   except ValueError as e:
     raise ValueError(f"config.tokenizer_step = {step}: {e}") from None
@@ -84,11 +84,11 @@ def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
   after stage I has trained on."""
   if not config.get("tokenizer_workdir") or config.tokenizer_step:
     return
-  recorded = (Path(workdir) / "config.json").exists()
+  recorded = (run_path(workdir, "workdir") / "config.json").exists()
   step = read_config(workdir).get("tokenizer_step", 0) if recorded else 0
   if not step:
     try:
-      step = saved_step(local_path(config.tokenizer_workdir, "config.tokenizer_workdir") / "checkpoints", 0)
+      step = saved_step(run_path(config.tokenizer_workdir, "config.tokenizer_workdir") / "checkpoints", 0)
     except ValueError as e:
       raise ValueError(f"config.tokenizer_workdir = {config.tokenizer_workdir!r}: {e}") from None
   config.tokenizer_step = step

@@ -1,6 +1,7 @@
 """Checkpoints with orbax: the training state and the data iterator, saved atomically and asynchronously.
 
-orbax writes each step into a temporary directory and renames it when complete, so a run killed in the
+orbax writes each step into a temporary directory and renames it when complete (on Cloud Storage, which
+cannot rename, it marks a finished step with a commit file instead), so a run killed in the
 middle of a save leaves the previous checkpoint as the latest readable one; temporary directories are
 ignored on restore. Restoring takes the target shardings, so a run can resume on a different mesh.
 """
@@ -12,6 +13,15 @@ from pathlib import Path
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from fsq.train.files import is_cloud, run_path
+
+
+def _directory(path: str | Path) -> epath.Path:
+  """A checkpoint directory as orbax wants it: absolute when local, a ``gs://`` URL as it is."""
+  path = run_path(path, "checkpoint directory")
+  return path if is_cloud(path) else path.absolute()
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -37,7 +47,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
     )
-    self.directory = Path(directory).absolute()
+    self.directory = _directory(directory)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -72,7 +82,7 @@ def restore_to_host(step_dir: str | Path, keys: tuple[str, ...] | None = None) -
   on the host, unlike arrays committed to one device, can then be placed on a mesh that spans several
   processes. ``keys``: only these top-level entries of the state (a frozen stage I needs its parameters,
   not its optimizer moments or discriminator); None: all of it."""
-  path = Path(step_dir).absolute() / "state"
+  path = _directory(step_dir) / "state"
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
   if keys is not None:
@@ -89,9 +99,7 @@ def restore_to_host(step_dir: str | Path, keys: tuple[str, ...] | None = None) -
 
 def saved_steps(directory: str | Path) -> list[int]:
   """The steps of the finished checkpoints in ``directory``, ascending (read only: nothing is created)."""
-  manager = ocp.CheckpointManager(
-    Path(directory).absolute(), options=ocp.CheckpointManagerOptions(read_only=True)
-  )
+  manager = ocp.CheckpointManager(_directory(directory), options=ocp.CheckpointManagerOptions(read_only=True))
   return sorted(manager.all_steps())
 
 
@@ -108,4 +116,4 @@ def saved_step(directory: str | Path, step: int) -> int:
 
 def restore_step_to_host(directory: str | Path, step: int, keys: tuple[str, ...] | None = None) -> dict:
   """``restore_to_host`` of checkpoint ``step`` in ``directory`` (0: the newest one)."""
-  return restore_to_host(Path(directory) / str(saved_step(directory, step)), keys)
+  return restore_to_host(_directory(directory) / str(saved_step(directory, step)), keys)

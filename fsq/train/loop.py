@@ -19,7 +19,7 @@ from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
-from fsq.train.files import check_shared, local_path, write_text_atomically
+from fsq.train.files import check_shared, run_path, write_text_atomically
 from fsq.train.writers import MetricWriter, write_config
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def train_and_evaluate(
   """
   from fsq.tasks import build_task, pin_stage_one
 
-  workdir = local_path(workdir, "workdir")
+  workdir = run_path(workdir, "workdir")
   pin_stage_one(config, workdir)
   task = task if task is not None else build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
@@ -260,6 +260,7 @@ def train_and_evaluate(
         if step % config.checkpoint_every_steps == 0 or last or preempted:
           settle()  # never save a state whose step produced a non-finite loss
           ckpt.save(step, state, train_iter)
+          writer.flush()  # the logs up to the checkpoint (a cloud workdir gets them uploaded)
         if preempted:
           log.warning("%s: saved step %d, stopping", preemption.signal_name or "SIGTERM", step)
           shutdown()

@@ -9,7 +9,7 @@ from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
 from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
 from fsq.tasks import compute_dtype
-from fsq.train.files import local_path
+from fsq.train.files import run_path
 from fsq.train.mesh import mesh_shape
 
 
@@ -89,7 +89,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     ("config.tokenizer_workdir", config.get("tokenizer_workdir", "")),
     ("config.vtt.encoder_init", config.get("vtt", {}).get("encoder_init", "")),
   ):
-    local_path(value, name)
+    run_path(value, name)
   profile = tuple(config.get("profile_steps", ()))
   if profile and (
     len(profile) != 2 or not all(isinstance(s, int) for s in profile) or not 1 <= profile[0] <= profile[1]
