@@ -16,6 +16,7 @@ from configs.maskgit import get_config
 from configs.uvim import get_config as get_uvim_config
 from experiments import codebook_size, common, convergence, levels_sweep, maskgit_imagenet256, settling, uvim
 from experiments.common import MISSING, Run
+from fsq.train.files import run_path
 from fsq.train.validate import validate_config
 from scripts import make_tables, sweep
 
@@ -37,27 +38,34 @@ def commands(printed: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(tfds_data_dir, tmp_path, monkeypatch, capsys):
-  monkeypatch.setenv("FSQ_FID_CACHE", str(tmp_path / "fid_cache"))
-  root, out = tmp_path / "runs", tmp_path / "tables"
-  argv = ["tiny", f"--root={root}", "--parallel=2", f"--override=data.data_dir={tfds_data_dir}"]
+def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(
+  tfds_data_dir, tmp_path, monkeypatch, capsys, gcs_bucket
+):
+  """The sweep's root, its runs' workdirs (checkpoints, logs, results) and the FID cache are in a gs://
+  bucket on a real Cloud Storage emulator; the runs' train and evaluate logs are local."""
+  monkeypatch.setenv("FSQ_FID_CACHE", f"{gcs_bucket}/fid_cache")
+  root, logs, out = f"{gcs_bucket}/sweeps", tmp_path / "logs", tmp_path / "tables"
+  argv = ["tiny", f"--root={root}", f"--log_dir={logs}", "--parallel=2"]
+  argv.append(f"--override=data.data_dir={tfds_data_dir}")
   assert sweep.main(argv) == 0, capsys.readouterr().out
-  runs_dir = root / "tiny" / "cpu"
+  runs_dir, logs_dir = run_path(root, "root") / "tiny" / "cpu", logs / "tiny" / "cpu"
   results = {
     name: json.loads((runs_dir / name / "results.json").read_text()) for name in ("tokenizer", "transformer")
   }
   assert {"psnr", "rfid", "codebook/usage"} <= set(results["tokenizer"])
   assert {"masked_accuracy", "compression/coded_bits_per_token"} <= set(results["transformer"])
+  assert list((run_path(gcs_bucket, "bucket") / "fid_cache").glob("*.npz"))
   capsys.readouterr()
 
   # Again: both runs are complete, nothing is retrained or re-evaluated.
-  files = [runs_dir / n / f for n in results for f in ("train.log", "evaluate.log", "results.json")]
-  files += list((runs_dir / "tokenizer" / "checkpoints").iterdir())
+  files = [logs_dir / n / f for n in results for f in ("train.log", "evaluate.log")]
   mtimes = [f.stat().st_mtime_ns for f in files]
+  checkpoints = sorted(p.name for p in (runs_dir / "tokenizer" / "checkpoints").iterdir())
   assert sweep.main(argv) == 0
   log = capsys.readouterr().out
   assert "tokenizer: skipped (results.json exists)" in log and "transformer: skipped" in log
   assert "started" not in log and [f.stat().st_mtime_ns for f in files] == mtimes
+  assert sorted(p.name for p in (runs_dir / "tokenizer" / "checkpoints").iterdir()) == checkpoints
 
   # --print: train then evaluate for each run, stage I first; stage II reads the stage I workdir.
   assert sweep.main([*argv, "--print"]) == 0
@@ -83,7 +91,7 @@ def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(tfds_data_dir, t
         assert float(text) == pytest.approx(results[name][key], rel=1e-5), (name, key)
       else:
         assert text == "", (name, key)
-  (runs_dir / "transformer" / "results.json").rename(tmp_path / "moved.json")
+  (runs_dir / "transformer" / "results.json").unlink()
   assert make_tables.main(["tiny", f"--root={root}", f"--out={out}"]) == 0
   document = (out / "table.md").read_text()
   assert table_rows(document)["transformer"] == [MISSING] * len(keys)
