@@ -53,6 +53,9 @@ def test_urls_other_than_gs_are_refused_by_name_instead_of_becoming_local_folder
   with pytest.raises(ValueError, match=r"--log_dir = 'gs://bucket/logs': must be a local path"):
     local_path("gs://bucket/logs", "--log_dir")
   config = get_config()
+  config.data.data_dir = "gs://bucket/tfds"
+  with pytest.raises(ValueError, match=r"config.data.data_dir = 'gs://bucket/tfds': must be a local path"):
+    validate_config(config)
   config.data.data_dir = "s3://bucket/tfds"
   with pytest.raises(ValueError, match=r"config.data.data_dir = 's3://bucket/tfds': only local paths"):
     validate_config(config)

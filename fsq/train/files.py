@@ -56,7 +56,10 @@ def local_path(path: str | os.PathLike, name: str) -> Path:
   the field."""
   checked = run_path(path, name)
   if is_cloud(checked):
-    raise ValueError(f"{name} = {str(checked)!r}: must be a local path (or a bucket mounted with gcsfuse)")
+    raise ValueError(
+      f"{name} = {str(checked)!r}: must be a local path (copy it to local disk, or mount the bucket with "
+      "gcsfuse)"
+    )
   return Path(checked)
 
 

@@ -9,7 +9,7 @@ from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
 from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
 from fsq.tasks import compute_dtype
-from fsq.train.files import run_path
+from fsq.train.files import local_path, run_path
 from fsq.train.mesh import mesh_shape
 
 
@@ -84,8 +84,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     "data.channels",
   ):
     _positive_int(config, name)
+  # TFDS's array_record files are read by a C++ reader that opens local files only.
+  local_path(config.data.data_dir, "config.data.data_dir")
   for name, value in (
-    ("config.data.data_dir", config.data.data_dir),
     ("config.tokenizer_workdir", config.get("tokenizer_workdir", "")),
     ("config.vtt.encoder_init", config.get("vtt", {}).get("encoder_init", "")),
   ):
