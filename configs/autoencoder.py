@@ -69,6 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # collective, kept off most steps. One process checks its own flag every step.
   c.preemption_check_every_steps = 10
   c.profile_steps = ()  # (first, last): a jax.profiler trace of these train steps into WORKDIR/profile
+  # MFU in the logs needs the devices' peak FLOP/s: known for TPU v4-v6e and H100/H200; > 0 sets it.
+  c.peak_flops_per_device = 0.0
   c.num_eval_batches = -1  # -1: the whole evaluation split
   c.debug_nan_at_step = -1  # fault injection for tests: the batch of this step becomes NaN
 

@@ -27,11 +27,8 @@ import re
 import sys
 import time
 
-GIB = 2**30
-# High-bandwidth memory per chip (per TensorCore pair on v4, which JAX shows as one megacore device).
-CHIP_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB, "h100": 80e9, "h200": 141e9}
-# Peak dense bfloat16 FLOP/s per chip, for the step time at full utilisation.
-CHIP_PEAK = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12, "h100": 989e12, "h200": 989e12}
+from fsq.train.flops import CHIP_MEMORY, CHIP_PEAK, GIB, step_flops
+
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 
@@ -121,7 +118,7 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
     # XLA's cost analysis counts a loop's body once: count the same step without accumulation's scan.
     whole = dataclasses.replace(task, accumulation_steps=1)
     counted = jit_train_step(whole, shardings, mesh, config.seed)
-  flops = _flops(counted, (state, batch, constants), compiled if counted is train_step else None, devices)
+  flops = step_flops(counted, (state, batch, constants), devices, compiled if counted is train_step else None)
   params = per_device_bytes(state.params, shardings.params)
   optimizer = per_device_bytes(
     {k: getattr(state, k) for k in ("opt_state", "disc_opt_state") if hasattr(state, k)},
@@ -168,19 +165,6 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
     result["fits"] = bool(peak <= CHIP_MEMORY[chip])
     result["step_s_at_peak"] = flops / devices / CHIP_PEAK[chip]
   return result
-
-
-def _flops(fn, args, compiled, devices: int) -> float:
-  """FLOPs of one step over the global batch: XLA's cost analysis of the program before partitioning
-  (or of one device's partitioned program times the devices)."""
-  cost = fn.lower(*args).cost_analysis()
-  if cost and cost.get("flops"):
-    return float(cost["flops"])
-  if compiled is None:
-    compiled = fn.lower(*args).compile()
-  per_device = compiled.cost_analysis()
-  per_device = per_device[0] if isinstance(per_device, list) else per_device
-  return float(per_device["flops"]) * devices
 
 
 def format_table(r: dict) -> str:

@@ -77,3 +77,21 @@ def test_plan_arguments_are_checked_before_compiling():
   with pytest.raises(ValueError, match=r"--set model.filterz: the config has no field 'model.filterz'"):
     plan_lib.load_config("configs/autoencoder.py", {"model.filterz": 3})
   assert jax.device_count() == 8  # the tests' own devices are untouched by a plan in a subprocess
+
+
+def test_step_flops_count_a_matmul_by_hand_and_mfu_follows_its_definition():
+  """(m, k) @ (k, n) is 2 m k n FLOPs, whether jax gets arrays or shapes; MFU is achieved over peak."""
+  from fsq.train import flops
+
+  m, k, n = 32, 48, 16
+  matmul = jax.jit(lambda a, b: a @ b)
+  shapes = (jax.ShapeDtypeStruct((m, k), np.float32), jax.ShapeDtypeStruct((k, n), np.float32))
+  assert flops.step_flops(matmul, shapes, num_devices=1) == 2 * m * k * n
+  arrays = (np.ones((m, k), np.float32), np.ones((k, n), np.float32))
+  assert flops.step_flops(matmul, arrays, num_devices=1) == 2 * m * k * n
+  # 1e12 FLOP per step at 3 steps/s on 8 devices of 1e12 FLOP/s peak: 3/8 of the peak.
+  assert flops.mfu(1e12, 3.0, 8, 1e12) == pytest.approx(0.375)
+  assert flops.chip_of("TPU v4") == "v4" and flops.chip_of("TPU v5 lite") == "v5e"
+  assert flops.chip_of("TPU v5p") == "v5p" and flops.chip_of("NVIDIA H200") == "h200"
+  assert flops.chip_of("cpu") is None and flops.peak_flops_per_device() == 0.0  # a CPU: no MFU
+  assert flops.peak_flops_per_device(2e9) == 2e9

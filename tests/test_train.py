@@ -105,12 +105,16 @@ def run_two_processes(args, log_dir, module="scripts.train", **env):
 
 
 def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
-  final = train_and_evaluate(tiny_config(tfds_data_dir, "steps=6", profile_steps=(2, 3)), tmp_path)
+  config = tiny_config(tfds_data_dir, "steps=6", profile_steps=(2, 3), peak_flops_per_device=1e9)
+  final = train_and_evaluate(config, tmp_path)
   train = read_metrics(tmp_path)
   assert [m["step"] for m in train] == [1, 2, 3, 4, 5, 6]
   for m in train:
     assert {"loss", "mse", "l2_grads", "l2_params", "steps_per_second", "images_per_second"} <= set(m)
     assert np.isfinite(m["loss"]) and m["l2_params"] > 0
+  # MFU = FLOPs per step x steps/s / (8 devices x the given peak): FLOPs per step is one number.
+  per_step = [m["mfu"] * 8 * 1e9 / m["steps_per_second"] for m in train]
+  assert per_step[0] > 0 and np.allclose(per_step, per_step[0], rtol=1e-9)
   # Two eval batches of 8 images, each 32x32 -> 16x16 tokens: every token is counted.
   assert final["codebook/count"] == 2 * 8 * 16 * 16
   assert 0 < final["codebook/usage"] <= 1 and final["codebook/usage"] == pytest.approx(
@@ -127,6 +131,8 @@ def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
   for bad in ((3, 2), (0, 1), (2,)):
     with pytest.raises(ValueError, match=r"config.profile_steps must be \(\) or \(first, last\)"):
       tiny_config(tfds_data_dir, profile_steps=bad)
+  with pytest.raises(ValueError, match=r"config.peak_flops_per_device must be a number >= 0"):
+    tiny_config(tfds_data_dir, peak_flops_per_device=-1.0)
 
 
 @pytest.mark.slow

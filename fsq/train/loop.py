@@ -3,6 +3,7 @@ logging and checkpoints. A model family supplies a task object (see fsq/tasks/au
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -17,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint
+from fsq.train import flops as flops_lib
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
 from fsq.train.files import check_shared, run_path, write_text_atomically
@@ -198,6 +200,10 @@ def train_and_evaluate(
   )
   nan_step = config.get("debug_nan_at_step", -1)
   profile = _Profile(workdir / "profile", tuple(config.get("profile_steps", ())))
+  # MFU where the chip's peak is known (or config.peak_flops_per_device says it): FLOPs counted once,
+  # from the first step's program (without accumulation's scan, whose body XLA would count once).
+  peak = flops_lib.peak_flops_per_device(config.get("peak_flops_per_device", 0.0))
+  flops_per_step = None
 
   def log_eval(step):
     metrics = evaluate(task, state, constants, pipeline, eval_step, mesh, config.num_eval_batches)
@@ -234,7 +240,15 @@ def train_and_evaluate(
         if step == nan_step:
           batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
         profile.before(step)
-        state, metrics = train_step(state, mesh_lib.global_batch(batch, mesh), constants)
+        global_batch = mesh_lib.global_batch(batch, mesh)
+        if peak and flops_per_step is None:
+          counted = train_step
+          if getattr(task, "accumulation_steps", 1) > 1:
+            whole = dataclasses.replace(task, accumulation_steps=1)
+            counted = jit_train_step(whole, shardings, mesh, config.seed)
+          flops_per_step = flops_lib.step_flops(counted, (state, global_batch, constants), mesh.size)
+          log.info("train step: %.4g FLOP; MFU against %.4g FLOP/s per device", flops_per_step, peak)
+        state, metrics = train_step(state, global_batch, constants)
         profile.after(step, state)
         settle()  # the previous step, while this one runs
         pending = (step, metrics)
@@ -244,15 +258,18 @@ def train_and_evaluate(
           steps_per_s = len(window) / max(time.perf_counter() - t_window, 1e-9)
           mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
           mean.update(steps_per_second=steps_per_s, images_per_second=steps_per_s * config.batch_size)
+          if flops_per_step:
+            mean["mfu"] = flops_lib.mfu(flops_per_step, steps_per_s, mesh.size, peak)
           writer.write_scalars(step, mean)
           eta = _format_eta((config.num_train_steps - step) / max(steps_per_s, 1e-9))
           log.info(
-            "step %d/%d | loss %.5g | %.2f steps/s | %.0f img/s | ETA %s",
+            "step %d/%d | loss %.5g | %.2f steps/s | %.0f img/s%s | ETA %s",
             step,
             config.num_train_steps,
             mean["loss"],
             steps_per_s,
             mean["images_per_second"],
+            f" | MFU {mean['mfu']:.1%}" if "mfu" in mean else "",
             eta,
           )
           window, t_window = [], time.perf_counter()

@@ -99,6 +99,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.profile_steps must be () or (first, last) with 1 <= first <= last, got {profile}"
     )
   compute_dtype(config)
+  peak = config.get("peak_flops_per_device", 0.0)
+  if isinstance(peak, bool) or not isinstance(peak, int | float) or not peak >= 0:
+    raise ValueError(f"config.peak_flops_per_device must be a number >= 0 (0: the chip's own), got {peak!r}")
   if not isinstance(config.get("remat", False), bool):
     raise ValueError(f"config.remat must be True or False, got {config.remat!r}")
   if config.num_eval_batches != -1 and config.num_eval_batches < 1:
