@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import json
 import math
 import os
@@ -113,12 +112,9 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
     + memory.temp_size_in_bytes
   )
   devices = mesh.size
-  counted = train_step
-  if config.get("accumulation_steps", 1) > 1:
-    # XLA's cost analysis counts a loop's body once: count the same step without accumulation's scan.
-    whole = dataclasses.replace(task, accumulation_steps=1)
-    counted = jit_train_step(whole, shardings, mesh, config.seed)
-  flops = step_flops(counted, (state, batch, constants), devices, compiled if counted is train_step else None)
+  flops = step_flops(
+    train_step, (state, batch, constants), devices, config.get("accumulation_steps", 1), compiled
+  )
   params = per_device_bytes(state.params, shardings.params)
   optimizer = per_device_bytes(
     {k: getattr(state, k) for k in ("opt_state", "disc_opt_state") if hasattr(state, k)},

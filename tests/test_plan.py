@@ -93,5 +93,6 @@ def test_step_flops_count_a_matmul_by_hand_and_mfu_follows_its_definition():
   assert flops.mfu(1e12, 3.0, 8, 1e12) == pytest.approx(0.375)
   assert flops.chip_of("TPU v4") == "v4" and flops.chip_of("TPU v5 lite") == "v5e"
   assert flops.chip_of("TPU v5p") == "v5p" and flops.chip_of("NVIDIA H200") == "h200"
+  assert flops.chip_of("NVIDIA H100 80GB HBM3") == "h100" and flops.chip_of("NVIDIA H100 PCIe") == "h100_pcie"
   assert flops.chip_of("cpu") is None and flops.peak_flops_per_device() == 0.0  # a CPU: no MFU
   assert flops.peak_flops_per_device(2e9) == 2e9

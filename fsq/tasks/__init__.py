@@ -6,7 +6,6 @@ import copy
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from fsq.maskgit.vocab import Vocabulary
@@ -25,6 +24,7 @@ from fsq.train.checkpoint import restore_step_to_host, saved_step
 from fsq.train.data import batch_spec
 from fsq.train.files import run_path
 from fsq.train.state import make_optimizer
+from fsq.train.validate import compute_dtype
 from fsq.train.writers import read_config
 
 TASKS = ("autoencoder", "tokenizer", "transformer", "uvim_oracle", "uvim_lm")
@@ -92,15 +92,6 @@ def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
     except ValueError as e:
       raise ValueError(f"config.tokenizer_workdir = {config.tokenizer_workdir!r}: {e}") from None
   config.tokenizer_step = step
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  """The dtype of the models' activations (``config.compute_dtype``; parameters, optimizer state, losses
-  and quantizer arithmetic stay float32)."""
-  name = config.get("compute_dtype", "float32")
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {name!r}")
-  return jnp.dtype(name)
 
 
 def memory_settings(config: ml_collections.ConfigDict) -> dict:

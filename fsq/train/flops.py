@@ -8,8 +8,8 @@ bfloat16 FLOP/s per chip, from the vendors' specification sheets.
 from __future__ import annotations
 
 GIB = 2**30
-CHIP_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB, "h100": 80e9, "h200": 141e9}
-CHIP_PEAK = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12, "h100": 989e12, "h200": 989e12}
+CHIP_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB, "h100": 80e9, "h100_pcie": 80e9, "h200": 141e9}
+CHIP_PEAK = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12, "h100": 989e12, "h100_pcie": 756e12, "h200": 989e12}
 # jax's device_kind -> chip (the first key that the device kind starts with).
 DEVICE_KINDS = {
   "TPU v4": "v4",
@@ -19,6 +19,7 @@ DEVICE_KINDS = {
   "TPU v5": "v5p",
   "TPU v6 lite": "v6e",
   "TPU v6e": "v6e",
+  "NVIDIA H100 PCIe": "h100_pcie",
   "NVIDIA H100": "h100",
   "NVIDIA H200": "h200",
 }
@@ -32,19 +33,24 @@ def chip_of(device_kind: str) -> str | None:
   return None
 
 
-def step_flops(step, args, num_devices: int, compiled=None) -> float:
+def step_flops(step, args, num_devices: int, accumulation_steps: int = 1, compiled=None) -> float:
   """FLOPs of one call of the jitted ``step`` on ``args`` (arrays or ShapeDtypeStructs), all devices
   together: XLA's cost analysis of the program before partitioning, or, where that has none, of one
-  device's compiled program (``compiled``, compiled here if None) times ``num_devices``. XLA counts a
-  loop's body once, so a step with a scan (gradient accumulation) must be counted without it."""
+  device's compiled program (``compiled``, compiled here if None) times ``num_devices``.
+
+  XLA counts a loop's body once, so a step that scans over ``accumulation_steps`` micro-batches counts
+  as its micro-batch times ``accumulation_steps`` (the optimizer update, then counted k times, is
+  negligible beside the model). The count is always of the step's own program: nothing larger than
+  what the run compiles anyway (on a TPU, where cost analysis needs a compile, a whole-batch program
+  without accumulation could exceed the chip's memory)."""
   cost = step.lower(*args).cost_analysis()
   if cost and cost.get("flops"):
-    return float(cost["flops"])
+    return float(cost["flops"]) * accumulation_steps
   if compiled is None:
     compiled = step.lower(*args).compile()
   per_device = compiled.cost_analysis()
   per_device = per_device[0] if isinstance(per_device, list) else per_device
-  return float(per_device["flops"]) * num_devices
+  return float(per_device["flops"]) * num_devices * accumulation_steps
 
 
 def peak_flops_per_device(override: float = 0.0) -> float:

@@ -105,12 +105,10 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
 
 
 def _count_flops(task, train_step, args, num_devices: int, peak: float) -> float:
-  """FLOPs of one train step for MFU, counted on the step's own program (the same the loop runs, so
-  nothing larger is ever compiled): XLA counts a loop's body once, so an accumulated step counts as
-  its micro-batch times ``accumulation_steps`` (the optimizer update, counted k times, is negligible
-  beside the model). A metric must never stop a run: a failure to count logs a warning, no MFU."""
+  """FLOPs of one train step for MFU (``flops.step_flops`` of the loop's own program). A metric must
+  never stop a run: a failure to count logs a warning, no MFU."""
   try:
-    flops = flops_lib.step_flops(train_step, args, num_devices) * getattr(task, "accumulation_steps", 1)
+    flops = flops_lib.step_flops(train_step, args, num_devices, getattr(task, "accumulation_steps", 1))
   except Exception as e:  # any backend's cost-analysis or compile failure
     log.warning("MFU not measured: counting the train step's FLOPs failed: %s", e)
     return 0.0
@@ -288,16 +286,13 @@ def train_and_evaluate(
           writer.flush()  # the logs up to the checkpoint (a cloud workdir gets them uploaded)
         if preempted:
           log.warning("%s: saved step %d, stopping", preemption.signal_name or "SIGTERM", step)
-          shutdown()
           return {"preempted_at_step": float(step)}
         if step % config.eval_every_steps == 0 and not last:
           log_eval(step)
       settle()
-    except NonFiniteLossError:
+      final = log_eval(step)
+    finally:  # whatever stops the run: pending saves finish, logs reach the workdir (a bucket's too)
       shutdown()
-      raise
-  final = log_eval(step)
-  shutdown()
   if jax.process_index() == 0:
     write_text_atomically(workdir / "final_metrics.json", json.dumps(final, indent=2))
   log.info("done in %.1fs; workdir %s", time.perf_counter() - t_start, workdir)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
 from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
-from fsq.tasks import compute_dtype
 from fsq.train.files import local_path, run_path
 from fsq.train.mesh import mesh_shape
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The dtype of the models' activations (``config.compute_dtype``; parameters, optimizer state, losses
+  and quantizer arithmetic stay float32)."""
+  name = config.get("compute_dtype", "float32")
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {name!r}")
+  return jnp.dtype(name)
 
 
 def _positive_int(config: ml_collections.ConfigDict, name: str) -> int:
