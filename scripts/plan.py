@@ -97,8 +97,11 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
   validate_config(config)
   task = build_abstract_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
-  batch = batch_spec(config.data, config.batch_size)
-  state = jax.eval_shape(task.init, jax.random.key(config.seed), {"image": batch["image"]})
+  # Stage II on a tokens folder trains on (B, seq_len) tokens (the folder need not exist to plan).
+  seq_len = task.transformer.seq_len - 1 if config.task == "transformer" else 0
+  batch = batch_spec(config.data, config.batch_size, seq_len=seq_len)
+  image = batch_spec(config.data, config.batch_size, eval_batch=True)["image"]
+  state = jax.eval_shape(task.init, jax.random.key(config.seed), {"image": image})
   rules = getattr(task, "sharding_rules", ())
   shardings = mesh_lib.state_shardings(state, mesh, rules, fsdp_min_size=config.mesh.fsdp_min_size)
   constants = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), task.constants())

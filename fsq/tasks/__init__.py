@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from fsq.data import tokens as tokens_lib
 from fsq.maskgit.vocab import Vocabulary
 from fsq.models.autoencoder import Autoencoder, codebook_shape, latent_width, make_quantizer
 from fsq.models.discriminator import Discriminator
@@ -86,6 +87,8 @@ def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> Non
     return
   recorded = (run_path(workdir, "workdir") / "config.json").exists()
   step = read_config(workdir).get("tokenizer_step", 0) if recorded else 0
+  if not step and config.data.get("tokens_dir", ""):  # the checkpoint that made the tokens
+    step = tokens_lib.read_manifest(config.data.tokens_dir)["tokenizer_step"]
   if not step:
     try:
       step = saved_step(run_path(config.tokenizer_workdir, "config.tokenizer_workdir") / "checkpoints", 0)
@@ -159,11 +162,14 @@ def build_transformer(config: ml_collections.ConfigDict, vocab: Vocabulary) -> B
 def build_maskgit_task(
   config: ml_collections.ConfigDict, tokenizer_variables: dict | None = None
 ) -> MaskGITTask:
-  """Stage II; the frozen tokenizer comes from ``config.tokenizer_workdir`` (its EMA parameters)."""
+  """Stage II; the frozen tokenizer comes from ``config.tokenizer_workdir`` (its EMA parameters). A tokens
+  folder (``config.data.tokens_dir``) must have been made by that tokenizer from this data."""
   tokenizer = build_autoencoder(config)
   if tokenizer_variables is None:
     state = restore_stage_one(config, ("ema_params", "model_state"))
     tokenizer_variables = {"params": state["ema_params"], **state["model_state"]}
+    if config.data.get("tokens_dir", ""):
+      check_tokens_dir(config)
   size, groups = codebook_shape(tokenizer.quantizer)
   if groups != 1:
     raise ValueError(f"stage II needs a single-group quantizer, got {groups} groups")
@@ -184,6 +190,21 @@ def build_maskgit_task(
     samples_per_class=config.sampling.samples_per_class,
     accumulation_steps=accumulation_steps(config),
   )
+
+
+def check_tokens_dir(config: ml_collections.ConfigDict) -> None:
+  """A ValueError unless ``config.data.tokens_dir`` holds tokens of this run's tokenizer (workdir, pinned
+  step, config.json's sha256) and images (dataset, size, resize mode)."""
+  folder = config.data.tokens_dir
+  expected = {
+    "tokenizer_workdir": str(config.tokenizer_workdir),
+    "tokenizer_step": int(config.tokenizer_step),
+    "tokenizer_config_sha256": tokens_lib.config_sha256(config.tokenizer_workdir),
+    "dataset": config.data.name,
+    "image_size": int(config.data.image_size),
+    "resize_mode": config.data.resize_mode,
+  }
+  tokens_lib.check_manifest(tokens_lib.read_manifest(folder), expected, folder)
 
 
 def build_dense_representation(config: ml_collections.ConfigDict):
@@ -283,6 +304,7 @@ def build_abstract_task(config: ml_collections.ConfigDict):
   stage_one = copy.deepcopy(config)
   with stage_one.unlocked():
     stage_one.task = STAGE_ONE[config.task]
+    stage_one.data.tokens_dir = ""  # stage I trains on images
     if stage_one.task == "tokenizer":  # its perceptual network is no part of the frozen variables
       stage_one.gan.perceptual_weight = 0.0
   batch = batch_spec(stage_one.data, stage_one.batch_size)

@@ -1,9 +1,8 @@
 """MaskGIT stage II: the class-conditional transformer on tokens of a frozen tokenizer.
 
-Images are tokenised on the fly by the frozen tokenizer (its variables are task constants): the data
-pipeline, its sharding and its exact-resume state stay the same as in stage I, and at CPU scale the
-encoder costs little next to the transformer. (For paper-scale runs pre-tokenising the dataset once
-saves the encoder's FLOPs every epoch.)
+Training batches are images, tokenised on the fly by the frozen tokenizer (its variables are task
+constants), or tokens made once by ``scripts.pretokenize`` (``{"tokens", "label"}``: the encoder, about
+a third of a paper-size step's FLOPs, never runs in training). Evaluation and sampling use the tokenizer.
 
 Each step masks ``training_mask`` positions (cosine ratio, at least 0.45 of the tokens), replaces 10% of
 the labels by the null class, and minimises label-smoothed (0.1) cross-entropy over the masked
@@ -100,7 +99,8 @@ class MaskGITTask:
     return loss, accuracy
 
   def train_step(self, state: TrainState, batch: dict, rng: jax.Array, constants: dict):
-    inputs = {"tokens": self.tokens(constants, batch["image"]), "label": batch["label"]}
+    tokens = batch["tokens"] if "tokens" in batch else self.tokens(constants, batch["image"])
+    inputs = {"tokens": tokens, "label": batch["label"]}
 
     def loss_fn(params, model_state, inputs, rng):
       loss, accuracy = self.masked_loss(params, inputs["tokens"], inputs["label"], rng, train=True)

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fsq.data import builders, pipeline
+from fsq.data import builders, pipeline, tokens
 
 
 class ShardedIterator:
@@ -76,11 +76,22 @@ def _open_sources(
 DENSE_DTYPES = {"depth": np.float32, "semantic": np.int32, "instance": np.int32}
 
 
-def batch_spec(data_config: ml_collections.ConfigDict, batch_size: int, eval_batch: bool = False) -> dict:
+def batch_spec(
+  data_config: ml_collections.ConfigDict, batch_size: int, eval_batch: bool = False, seq_len: int = 0
+) -> dict:
   """``jax.ShapeDtypeStruct``s of one global batch of ``data_config`` (as the pipeline makes them):
   "image" (B, S, S, C) float32, "label" (B,) int32, each of ``data_config.dense`` (B, S, S), and for an
-  evaluation batch the "mask" (B,) float32. For shapes without data: ahead-of-time compiles, plans."""
+  evaluation batch the "mask" (B,) float32. A training batch of a tokens folder (``data_config.tokens_dir``)
+  has "tokens" (B, seq_len) int32 in place of the image. For shapes without data: ahead-of-time
+  compiles, plans."""
   b, s, c = batch_size, data_config.image_size, data_config.channels
+  if data_config.get("tokens_dir", "") and not eval_batch:
+    if seq_len < 1:
+      raise ValueError(f"a batch of tokens (config.data.tokens_dir) needs seq_len >= 1, got {seq_len}")
+    return {
+      "tokens": jax.ShapeDtypeStruct((b, seq_len), np.int32),
+      "label": jax.ShapeDtypeStruct((b,), np.int32),
+    }
   spec = {
     "image": jax.ShapeDtypeStruct((b, s, s, c), np.float32),
     "label": jax.ShapeDtypeStruct((b,), np.int32),
@@ -125,6 +136,9 @@ class InputPipeline:
     if sources is None:
       sources = _open_sources(data_config)
     self.train_source, self.eval_source = sources
+    # Stage II on pre-tokenised data: training batches of tokens, evaluation still on images.
+    tokens_dir = data_config.get("tokens_dir", "")
+    self.token_source = tokens.TokenSource.open(tokens_dir) if tokens_dir else None
 
   @property
   def global_image_shape(self) -> tuple[int, int, int, int]:
@@ -155,8 +169,24 @@ class InputPipeline:
       drop_remainder=train,
     )
 
+  def _token_loader(self, shard: int):
+    return tokens.make_token_loader(
+      self.token_source,
+      batch_size_per_process=self.shard_batch,
+      seed=self.seed,
+      random_flip=self.config.random_flip,
+      worker_count=self.config.worker_count,
+      read_threads=max(1, self.config.get("read_threads", 2)),
+      prefetch_buffer_size=self.config.prefetch_buffer_size,
+      process_index=shard,
+      process_count=self.num_shards,
+    )
+
   def train_iterator(self) -> ShardedIterator:
-    """Endless training batches ``{"image", "label"}`` with this process's rows of the global batch."""
+    """Endless training batches ``{"image", "label"}`` (``{"tokens", "label"}`` from a tokens folder) with
+    this process's rows of the global batch."""
+    if self.token_source is not None:
+      return ShardedIterator([iter(self._token_loader(s)) for s in self.local_shards])
     return ShardedIterator([iter(self._loader(self.train_source, s, train=True)) for s in self.local_shards])
 
   def num_eval_batches(self, limit: int = -1) -> int:

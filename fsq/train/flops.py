@@ -8,8 +8,24 @@ bfloat16 FLOP/s per chip, from the vendors' specification sheets.
 from __future__ import annotations
 
 GIB = 2**30
-CHIP_MEMORY = {"v4": 32 * GIB, "v5e": 16 * GIB, "v5p": 95 * GIB, "v6e": 32 * GIB, "h100": 80e9, "h100_pcie": 80e9, "h200": 141e9}
-CHIP_PEAK = {"v4": 275e12, "v5e": 197e12, "v5p": 459e12, "v6e": 918e12, "h100": 989e12, "h100_pcie": 756e12, "h200": 989e12}
+CHIP_MEMORY = {
+  "v4": 32 * GIB,
+  "v5e": 16 * GIB,
+  "v5p": 95 * GIB,
+  "v6e": 32 * GIB,
+  "h100": 80e9,
+  "h100_pcie": 80e9,
+  "h200": 141e9,
+}
+CHIP_PEAK = {
+  "v4": 275e12,
+  "v5e": 197e12,
+  "v5p": 459e12,
+  "v6e": 918e12,
+  "h100": 989e12,
+  "h100_pcie": 756e12,
+  "h200": 989e12,
+}
 # jax's device_kind -> chip (the first key that the device kind starts with).
 DEVICE_KINDS = {
   "TPU v4": "v4",

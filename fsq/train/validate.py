@@ -67,6 +67,26 @@ def _validate_vit(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.model.width = {m.width} must be divisible by model.num_heads = {m.num_heads}")
 
 
+def _validate_tokens_dir(config: ml_collections.ConfigDict) -> None:
+  """Pre-tokenised training data: MaskGIT stage II only, a local folder, fixed crops (the tokens were
+  made of centre crops; the flip is the tokens folder's mirror images)."""
+  folder = config.data.get("tokens_dir", "")
+  if not folder:
+    return
+  if config.task != "transformer":
+    raise ValueError(
+      f"config.data.tokens_dir is for MaskGIT stage II (task transformer), got task {config.task!r}"
+    )
+  local_path(folder, "config.data.tokens_dir")
+  if config.data.get("random_crop", ""):
+    raise ValueError(
+      f"config.data.random_crop = {config.data.random_crop!r} cannot apply to pre-tokenised data "
+      f"(config.data.tokens_dir = {folder!r}); set it to '' or train on images"
+    )
+  if config.get("debug_nan_at_step", -1) != -1:
+    raise ValueError("config.debug_nan_at_step puts NaN into images; a tokens_dir run has integer tokens")
+
+
 # The model checks of each task family: MaskGIT's conv autoencoder or UViM's ViTs.
 MODEL_CHECKS = {
   "autoencoder": _validate_conv,
@@ -137,6 +157,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"config.data.random_crop must be one of {RANDOM_CROPS}, got {config.data.random_crop!r}"
     )
+  _validate_tokens_dir(config)
   q = config.quantizer
   if q.kind not in QUANTIZER_KINDS:
     raise ValueError(f"config.quantizer.kind must be one of {QUANTIZER_KINDS}, got {q.kind!r}")
