@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo autoencoder-demo quantizer-demo test test-fast clean-cache lint benchmark data weights
+.PHONY: demo autoencoder-demo quantizer-demo test test-fast clean-cache lint benchmark data weights tpu-plan
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,11 +63,18 @@ lint: $(STAMP)
 # worker so that module fixtures are built once; the 15 slowest tests are listed at the end.
 # `make test-fast` leaves out the end-to-end tests marked slow (training processes, sweeps, FID runs).
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
-test: lint data weights
+test: lint data weights tpu-plan
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-fast: $(STAMP) data weights
+test-fast: $(STAMP) data weights tpu-plan
 	$(PY) -m pytest tests $(PYTEST_ARGS) -m "not slow"
+
+# libtpu for `scripts.plan --topology` (compile-only TPU devices on any host), in its own folder so that the
+# project's environment keeps a plain CPU jax (an installed libtpu makes every jax start probe for a TPU).
+LIBTPU_DIR := artifacts/libtpu
+LIBTPU := libtpu==0.0.42.*
+tpu-plan: $(STAMP)
+	@test -d $(LIBTPU_DIR)/libtpu || $(PY) -m pip install --quiet --no-deps --target $(LIBTPU_DIR) '$(LIBTPU)'
 
 # The persistent compilation cache of the tests (see tests/conftest.py).
 clean-cache:

@@ -161,6 +161,12 @@ def _maskgit(args: argparse.Namespace) -> dict[str, object]:
   return maskgit_suite(args.batch_size)
 
 
+def _input(args: argparse.Namespace) -> dict[str, object]:
+  from scripts.benchmark_input import input_suite
+
+  return input_suite(args.batch_size, args.input_batches, args.data_dir, args.workers)
+
+
 def _uvim(args: argparse.Namespace) -> dict[str, object]:
   from scripts.benchmark_uvim import uvim_suite
 
@@ -172,6 +178,7 @@ SUITES = {
   "train": _train,
   "maskgit": _maskgit,
   "uvim": _uvim,
+  "input": _input,
 }
 
 
@@ -186,12 +193,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
   parser.add_argument(
     "--train-steps", type=int, default=20, help="train suite: steps and input batches timed"
   )
-  parser.add_argument("--batch-size", type=int, default=64, help="train, maskgit, uvim suites: batch")
+  parser.add_argument("--batch-size", type=int, default=64, help="train, maskgit, uvim, input suites: batch")
   parser.add_argument(
-    "--data-dir", default="artifacts/tensorflow_datasets", help="train suite: TFDS data_dir"
+    "--data-dir", default="artifacts/tensorflow_datasets", help="train and input suites: TFDS data_dir"
   )
+  parser.add_argument("--input-batches", type=int, default=20, help="input suite: batches timed per case")
+  parser.add_argument("--workers", type=int, default=0, help="input suite: Grain workers (0: one per core)")
   args = parser.parse_args(argv)
-  for name in ("repeats", "fsq_rows", "vq_rows", "vq_dim", "train_steps", "batch_size"):
+  for name in ("repeats", "fsq_rows", "vq_rows", "vq_dim", "train_steps", "batch_size", "input_batches"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
   result = SUITES[args.suite](args)

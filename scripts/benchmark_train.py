@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from configs.autoencoder import get_config
 from fsq.tasks import build_task
 from fsq.train import mesh as mesh_lib
-from fsq.train.data import InputPipeline
+from fsq.train.data import InputPipeline, device_images
 
 
 def _flops(compiled) -> float:
@@ -44,7 +44,9 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
   shape = pipeline.global_image_shape
   state = jax.jit(lambda r: task.init(r, {"image": jnp.zeros(shape)}))(jax.random.key(0))
   batch = mesh_lib.global_batch(next(pipeline.train_iterator()), mesh)
-  step = jax.jit(lambda s, b: task.train_step(s, b, jax.random.key(1), {}), donate_argnums=(0,))
+  step = jax.jit(
+    lambda s, b: task.train_step(s, device_images(b), jax.random.key(1), {}), donate_argnums=(0,)
+  )
   compiled = step.lower(state, batch).compile()
   flops = _flops(compiled)
 

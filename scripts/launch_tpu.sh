@@ -3,10 +3,11 @@
 # session, then waits for it.
 #
 #   scripts/launch_tpu.sh [--dry-run] [--detach] --tpu NAME --zone ZONE [--project P] [--repo DIR] \
-#       [--name JOB] -- TRAIN_ARGS...
+#       [--name JOB] [--module M] -- TRAIN_ARGS...
 #
 # On each worker, in REPO (default ~/fsq, a checkout set up with `make .venv/.installed` on every worker),
-# `.venv/bin/python -m scripts.train TRAIN_ARGS` starts in its own session (setsid, nohup, no terminal)
+# `.venv/bin/python -m MODULE TRAIN_ARGS` (MODULE: scripts.train, or another job of every process such as
+# scripts.pretokenize or scripts.evaluate) starts in its own session (setsid, nohup, no terminal)
 # with its output in REPO/logs/JOB.log, its pid in JOB.pid and, when it ends, its exit status in JOB.rc:
 # a dropped SSH session, a closed laptop or a killed launcher leave the training running. jax finds the
 # coordinator, process count and index from the TPU metadata (fsq/train/distributed.py), so no flags are
@@ -20,7 +21,7 @@
 # commands in a local bash instead of over gcloud (one "worker": how the tests exercise this script).
 set -euo pipefail
 
-dry_run=0 detach=0 tpu="" zone="" project="" repo="~/fsq" name="train"
+dry_run=0 detach=0 tpu="" zone="" project="" repo="~/fsq" name="train" module="scripts.train"
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
@@ -30,16 +31,18 @@ while [ $# -gt 0 ]; do
     --project) project="$2"; shift 2 ;;
     --repo) repo="$2"; shift 2 ;;
     --name) name="$2"; shift 2 ;;
+    --module) module="$2"; shift 2 ;;
     --) shift; break ;;
-    *) echo "unknown option: $1 (options: --dry-run --detach --tpu --zone --project --repo --name, then -- TRAIN_ARGS)" >&2; exit 2 ;;
+    *) echo "unknown option: $1 (options: --dry-run --detach --tpu --zone --project --repo --name --module, then -- TRAIN_ARGS)" >&2; exit 2 ;;
   esac
 done
 [ -n "$tpu" ] || { echo "--tpu NAME is required" >&2; exit 2; }
 [ -n "$zone" ] || { echo "--zone ZONE is required" >&2; exit 2; }
 [ $# -gt 0 ] || { echo "training arguments are required after --" >&2; exit 2; }
 [[ "$name" =~ ^[A-Za-z0-9._-]+$ ]] || { echo "--name must be letters, digits, '.', '_' or '-', got '$name'" >&2; exit 2; }
+[[ "$module" =~ ^scripts\.[a-z_]+$ ]] || { echo "--module must be scripts.NAME, got '$module'" >&2; exit 2; }
 
-train=".venv/bin/python -m scripts.train"
+train=".venv/bin/python -m $module"
 for arg in "$@"; do train+=" $(printf '%q' "$arg")"; done
 job="logs/$name"
 # Start unless this worker's job is alive; the training's exit status lands in JOB.rc.

@@ -8,7 +8,12 @@ time for N devices and prints per-device memory, FLOPs, collectives and compile 
 
 The devices are CPU devices (``--xla_force_host_platform_device_count``): the same SPMD partitioning as
 on the accelerator, with the CPU backend's buffer assignment, which measured about 1.6x TPU's on this
-project's stage II step, so the memory is an upper bound. Nothing is allocated or run; stage II's frozen
+project's stage II step, so the memory is an upper bound. With ``--topology v4:2x2x1`` (or ``v5e:2x2``,
+``v5p:2x2x1``, ``v6e:2x2``) the devices are that TPU slice's, compile-only, from libtpu (``make
+tpu-plan`` installs it; no TPU needed; libtpu logs warnings about the missing TPU metadata): the
+memory and FLOPs are then XLA's TPU figures (FLOPs of the compiled per-chip program, which pads narrow
+layers to the TPU's tiles), and the compile takes much longer on a CPU host (half a minute for a tiny
+model, possibly an hour for a paper-size step). Nothing is allocated or run; stage II's frozen
 stage I is abstract (its shapes), so no checkpoint is needed. The last line is one JSON object:
 ``bytes_per_device`` (peak of the train step on one device), ``flops_per_step`` (the whole global batch,
 all devices together), ``flops_per_example``, ``platform``, ``fits`` (with --chip) and the rest of the
@@ -25,6 +30,7 @@ import os
 import re
 import sys
 import time
+from pathlib import Path
 
 from fsq.train.flops import CHIP_MEMORY, CHIP_PEAK, GIB, step_flops
 
@@ -84,8 +90,46 @@ def compile_step(fn, args) -> tuple[object, float]:
   return compiled, time.perf_counter() - start
 
 
-def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
-  """Compiles ``config``'s steps for this process's devices and returns the plan's figures."""
+LIBTPU_DIR = "artifacts/libtpu"  # where `make tpu-plan` installs libtpu
+# TPU generation -> jax's chip configuration for compile-only topologies (as MaxText's table).
+TPU_CHIP_CONFIGS = {"v4": "megacore", "v5p": "megacore", "v5e": "default", "v6e": "default"}
+
+
+def topology_devices(name: str) -> list:
+  """The compile-only devices of a TPU slice named ``GENERATION:AxBxC`` (e.g. ``v4:2x2x1``, ``v5e:2x2``)
+  from libtpu; a ValueError names the field when the name is malformed or libtpu is missing."""
+  generation, _, shape = name.partition(":")
+  if generation not in TPU_CHIP_CONFIGS or not re.fullmatch(r"\d+(x\d+){1,2}", shape):
+    raise ValueError(
+      f"--topology must be GENERATION:AxB[xC] with GENERATION in {sorted(TPU_CHIP_CONFIGS)}, got {name!r}"
+    )
+  folder = Path(os.environ.get("FSQ_LIBTPU_DIR", Path(__file__).resolve().parents[1] / LIBTPU_DIR))
+  if folder.is_dir() and str(folder) not in sys.path:
+    sys.path.append(str(folder))
+  try:
+    import libtpu  # noqa: F401
+  except ImportError:
+    raise ValueError(
+      f"--topology {name} needs libtpu: run `make tpu-plan` (it installs into {LIBTPU_DIR}; "
+      "FSQ_LIBTPU_DIR names another folder), or install libtpu"
+    ) from None
+  from jax.experimental import topologies
+
+  dims = tuple(int(d) for d in shape.split("x"))
+  per_host = tuple(min(d, 2) for d in dims) + (1,) * (3 - len(dims))
+  topology = topologies.get_topology_desc(
+    platform="tpu",
+    topology_name=name,
+    chip_config_name=TPU_CHIP_CONFIGS[generation],
+    chips_per_host_bounds=per_host,
+    num_slices=1,
+    wrap=(False,) * 3,
+  )
+  return list(topology.devices)
+
+
+def plan(config, chip: str | None = None, train_only: bool = False, devices: list | None = None) -> dict:
+  """Compiles ``config``'s steps for ``devices`` (default: this process's) and returns the plan's figures."""
   import jax
 
   from fsq.tasks import build_abstract_task
@@ -96,7 +140,7 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
 
   validate_config(config)
   task = build_abstract_task(config)
-  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model, devices)
   # Stage II on a tokens folder trains on (B, seq_len) tokens (the folder need not exist to plan).
   seq_len = task.transformer.seq_len - 1 if config.task == "transformer" else 0
   batch = batch_spec(config.data, config.batch_size, seq_len=seq_len)
@@ -125,7 +169,7 @@ def plan(config, chip: str | None = None, train_only: bool = False) -> dict:
   )
   result = {
     "task": config.task,
-    "platform": jax.devices()[0].platform,
+    "platform": mesh.devices.flat[0].platform,
     "devices": devices,
     "mesh": dict(mesh.shape),
     "global_batch": config.batch_size,
@@ -203,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--memory_gib", type=float, help="check the peak against this much memory per device")
   parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE config overrides (repeatable)")
   parser.add_argument("--train_only", action="store_true", help="skip the eval step")
+  parser.add_argument("--topology", help="compile for this TPU slice (e.g. v4:2x2x1) instead of CPU devices")
   args = parser.parse_args(argv)
   if args.devices < 1:
     parser.error(f"--devices must be >= 1, got {args.devices}")
@@ -214,7 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     CHIP_MEMORY["custom"], CHIP_PEAK["custom"] = args.memory_gib * GIB, CHIP_PEAK.get(args.chip, math.inf)
     args.chip = "custom"
   config = load_config(args.config, parse_set(args.set))
-  result = plan(config, args.chip, args.train_only)
+  devices = None
+  if args.topology:
+    try:
+      devices = topology_devices(args.topology)
+    except ValueError as e:
+      parser.error(str(e))
+    if len(devices) != args.devices:
+      parser.error(f"--devices must be the topology's device count ({len(devices)}), got {args.devices}")
+  result = plan(config, args.chip, args.train_only, devices)
   print(format_table(result))
   print(json.dumps(result))
   if result.get("fits") is False:

@@ -269,6 +269,43 @@ def test_imagenet_shaped_mock_data_goes_through_the_same_pipeline(tmp_path):
   assert batch["label"].dtype == np.int32 and np.all((batch["label"] >= 0) & (batch["label"] < 1000))
 
 
+def test_imagenet_like_is_jpeg_of_varied_sizes_that_the_imagenet_path_decodes_and_crops(tmp_path):
+  """The ``imagenet_like`` builder: imagenet2012's features, JPEG bytes of the rendered photos (lossy:
+  close to the rendering), sizes varying within 200-500 px, labels the seed mod 1000; the training
+  pipeline's crop path makes uint8 256 px batches of them."""
+  from fsq.data import imagenet_like
+
+  builder = builders.prepare("imagenet_like/tiny", tmp_path)
+  features = builder.info.features
+  assert features["image"].shape == (None, None, 3) and features["label"].num_classes == 1000
+  assert "file_name" in features
+  train, validation = (pipeline.tfds_source(builder, split) for split in ("train", "validation"))
+  assert (len(train), len(validation)) == (12, 4)
+  shapes = set()
+  for k in (0, 5, 11):
+    item = train[k]
+    assert item["image"][:2] == b"\xff\xd8" and item["label"] == k  # JPEG's start-of-image marker
+    decoded = pipeline.decode_image(item["image"], 3)
+    rendered, label = imagenet_like.render_photo(k)
+    assert decoded.shape == rendered.shape and label == k
+    # JPEG drops the pixel grain (about 9 levels per pixel) but keeps 8x8 block means within 1 level.
+    h, w = (side // 8 * 8 for side in rendered.shape[:2])
+    blocks = [
+      a[:h, :w].astype(np.float64).reshape(h // 8, 8, w // 8, 8, 3).mean((1, 3)) for a in (decoded, rendered)
+    ]
+    assert (
+      np.abs(blocks[0] - blocks[1]).mean() < 1 and np.abs(decoded - rendered.astype(np.float64)).mean() < 12
+    )
+    assert all(200 <= side <= 500 for side in decoded.shape[:2])
+    shapes.add(decoded.shape)
+  assert len(shapes) == 3
+  assert validation[0]["label"] == imagenet_like.VALIDATION_FIRST_SEED % 1000
+  batch = next(
+    iter(make(train, batch_size_per_process=4, image_size=256, resize_mode="crop", image_dtype="uint8"))
+  )
+  assert batch["image"].shape == (4, 256, 256, 3) and batch["image"].dtype == np.uint8
+
+
 @pytest.fixture(scope="module")
 def scenes_builder(tmp_path_factory):
   return builders.prepare("synthetic_scenes/tiny", tmp_path_factory.mktemp("scenes"))
@@ -433,3 +470,26 @@ def test_batch_spec_describes_the_batches_the_pipeline_makes():
   config.dense = ("normals",)
   with pytest.raises(ValueError, match=r"config.data.dense names 'normals'; the dense maps are"):
     batch_spec(config, 4)
+
+
+def test_uint8_batches_carry_the_pixels_and_the_device_scales_them_as_the_host_would(test_source, reference):
+  """Training batches leave the host as uint8 (4x fewer bytes to the device); ``device_images``, run in
+  the jitted train step, gives the float32 images of the host's scaling (float64 numpy reference)."""
+  import jax
+
+  from fsq.train.data import device_images
+
+  def first(image_dtype):
+    return next(iter(make(test_source, image_dtype=image_dtype)))
+
+  pixels, scaled = first("uint8"), first("float32")
+  assert pixels["image"].dtype == np.uint8 and pixels["image"].nbytes * 4 == scaled["image"].nbytes
+  np.testing.assert_array_equal(pixels["image"], reference[0][: len(pixels["image"])])
+  on_device = jax.jit(device_images)(pixels)
+  expected = (pixels["image"].astype(np.float64) - 127.5) / 127.5
+  np.testing.assert_allclose(np.asarray(on_device["image"]), expected, rtol=0, atol=1e-7)
+  np.testing.assert_allclose(scaled["image"], expected, rtol=0, atol=1e-7)
+  np.testing.assert_array_equal(on_device["label"], pixels["label"])
+  assert device_images(scaled) is scaled  # evaluation batches are float already
+  with pytest.raises(ValueError, match=r"image_dtype is out of range, got 'float16'"):
+    make(test_source, image_dtype="float16")

@@ -96,3 +96,40 @@ def test_step_flops_count_a_matmul_by_hand_and_mfu_follows_its_definition():
   assert flops.chip_of("NVIDIA H100 80GB HBM3") == "h100" and flops.chip_of("NVIDIA H100 PCIe") == "h100_pcie"
   assert flops.chip_of("cpu") is None and flops.peak_flops_per_device() == 0.0  # a CPU: no MFU
   assert flops.peak_flops_per_device(2e9) == 2e9
+
+
+@pytest.mark.slow
+def test_plan_compiles_for_a_tpu_topology_on_this_cpu_host():
+  """``--topology v4:2x2x1``: libtpu's compile-only devices (``make tpu-plan``) give a TPU program for 4
+  chips, with XLA's TPU memory analysis; its FLOPs before partitioning are those of the same step planned
+  on CPU devices, and names that libtpu cannot serve are refused before compiling."""
+  tiny = ["--set", "model.filters=8", "--set", "model.norm_groups=4", "--set", "batch_size=16"]
+  tiny.append("--train_only")
+  config = ["--config", "configs/autoencoder.py:quantizer=fsq", "--devices", "4"]
+  done, tpu = _plan(*config, "--topology", "v4:2x2x1", "--chip", "v4", *tiny)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert tpu["platform"] == "tpu" and tpu["devices"] == 4 and tpu["per_device_batch"] == 4 and tpu["fits"]
+  assert tpu["collectives"]["all-reduce"] >= 1 and 0 < tpu["bytes_per_device"] < 2**30
+  done, cpu = _plan(*config, *tiny)
+  assert cpu["platform"] == "cpu"
+  # TPU FLOPs are those of the compiled per-chip program: convolutions of 8 channels padded to the TPU's
+  # tiles count more than the unpadded program's on CPU devices, never less.
+  assert cpu["flops_per_step"] <= tpu["flops_per_step"] < 2 * cpu["flops_per_step"]
+  done, _ = _plan(*config, "--topology", "v9:2x2", *tiny)
+  assert done.returncode == 2 and "--topology must be GENERATION:AxB[xC]" in done.stderr
+  done, _ = _plan("--config", "configs/autoencoder.py", "--devices", "8", "--topology", "v4:2x2x1")
+  assert done.returncode == 2 and "--devices must be the topology's device count (4), got 8" in done.stderr
+  # Unpadded, the TPU count is exact: a (512, 256) @ (256, 128) matmul over the 4 chips is 2 m k n FLOPs.
+  # (Last: libtpu, once loaded here, holds a lock that other processes' libtpu would wait on.)
+  from fsq.train import flops
+
+  mesh = jax.sharding.Mesh(np.asarray(plan_lib.topology_devices("v4:2x2x1")), ("data",))
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  matmul = jax.jit(lambda a, b: a @ b, in_shardings=(sharded, replicated))
+  shapes = (jax.ShapeDtypeStruct((512, 256), np.float32), jax.ShapeDtypeStruct((256, 128), np.float32))
+  jax.config.update("jax_enable_compilation_cache", False)  # compile-only programs cannot be cached
+  try:
+    assert flops.step_flops(matmul, shapes, num_devices=4) == 2 * 512 * 256 * 128
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)

@@ -355,6 +355,9 @@ def test_tpu_launcher_detaches_the_training_from_the_session_and_reattaches(tmp_
   assert fresh.returncode == 3 and "started tok" in fresh.stdout
 
 
+LAUNCH = ("bash", "scripts/launch_tpu.sh")
+
+
 def test_tpu_launcher_dry_run_prints_one_command_for_all_workers():
   result = subprocess.run(
     [
@@ -387,3 +390,19 @@ def test_tpu_launcher_dry_run_prints_one_command_for_all_workers():
     timeout=60,
   )
   assert missing.returncode == 2 and "--tpu" in missing.stderr
+  other = subprocess.run(
+    [*LAUNCH, "--dry-run", "--tpu", "p", "--zone", "z", "--module", "scripts.pretokenize", "--", "--x"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert "scripts.pretokenize" in other.stdout and "scripts.train" not in other.stdout
+  wrong = subprocess.run(
+    [*LAUNCH, "--tpu", "p", "--zone", "z", "--module", "os; rm", "--", "x"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
+  assert wrong.returncode == 2 and "--module must be scripts.NAME, got 'os; rm'" in wrong.stderr

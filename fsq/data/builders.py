@@ -4,7 +4,8 @@
 sha256-verified by `fsq.data.fashion_mnist`, to array_record files that `tfds.data_source` reads by
 random access. Records keep the order of the idx files: record k of a split is image k there.
 Building needs neither TensorFlow nor a network (about 8 s and 42 MB on a 2-core machine).
-`scenes_builder.SyntheticScenes` (``synthetic_scenes``, rendered scenes) is registered here too.
+`scenes_builder.SyntheticScenes` (``synthetic_scenes``, rendered scenes) and `imagenet_like.ImagenetLike`
+(``imagenet_like``, rendered JPEGs shaped as ImageNet) are registered here too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from fsq.data import fashion_mnist, scenes_builder
+from fsq.data import fashion_mnist, imagenet_like, scenes_builder
 
 FILE_FORMAT = "array_record"
 
@@ -71,14 +72,18 @@ def png_bytes(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
+# The datasets that `prepare` builds itself (the others must be prepared beforehand).
+BUILT_HERE = (FashionMnistLocal.name, scenes_builder.SyntheticScenes.name, imagenet_like.ImagenetLike.name)
+
+
 def prepare(
   name: str, data_dir: str | Path, manual_dir: str | Path | None = None
 ) -> tfds.core.DatasetBuilder:
   """The builder of dataset `name` in `data_dir`, prepared as array_record; never downloads.
 
   ``fashion_mnist_local`` is built on the first call (from `manual_dir`, default
-  `fashion_mnist.DEFAULT_DIR`) and reused afterwards, and so is ``synthetic_scenes`` (any config, e.g.
-  ``synthetic_scenes/128``). Any other registered TFDS name (e.g. ``imagenet2012`` or
+  `fashion_mnist.DEFAULT_DIR`) and reused afterwards, and so are ``synthetic_scenes`` (any config, e.g.
+  ``synthetic_scenes/128``) and ``imagenet_like``. Any other registered TFDS name (e.g. ``imagenet2012`` or
   ``imagenet2012:5.1.0``) must already be prepared in `data_dir` in array_record format; otherwise
   this raises ValueError saying how to prepare it. In a multi-process job, call this on one process
   first (or prepare before the job) so that processes do not build concurrently.
@@ -87,7 +92,7 @@ def prepare(
     raise ValueError(f"manual_dir must be an existing folder, got {str(manual_dir)!r}")
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    if builder.name not in (FashionMnistLocal.name, scenes_builder.SyntheticScenes.name):
+    if builder.name not in BUILT_HERE:
       raise ValueError(
         f"dataset {name!r} is not prepared in data_dir {str(data_dir)!r}, and this code never downloads. "
         f"Prepare it once with `tfds build {name} --data_dir={data_dir} --file_format={FILE_FORMAT}` "

@@ -307,7 +307,7 @@ def build_abstract_task(config: ml_collections.ConfigDict):
     stage_one.data.tokens_dir = ""  # stage I trains on images
     if stage_one.task == "tokenizer":  # its perceptual network is no part of the frozen variables
       stage_one.gan.perceptual_weight = 0.0
-  batch = batch_spec(stage_one.data, stage_one.batch_size)
+  batch = batch_spec(stage_one.data, stage_one.batch_size, eval_batch=True)  # float images, as the loop's
   state = jax.eval_shape(build_task(stage_one).init, jax.random.key(0), batch)
   if config.task == "transformer":
     return build_maskgit_task(config, {"params": state.ema_params, **state.model_state})

@@ -80,8 +80,9 @@ def batch_spec(
   data_config: ml_collections.ConfigDict, batch_size: int, eval_batch: bool = False, seq_len: int = 0
 ) -> dict:
   """``jax.ShapeDtypeStruct``s of one global batch of ``data_config`` (as the pipeline makes them):
-  "image" (B, S, S, C) float32, "label" (B,) int32, each of ``data_config.dense`` (B, S, S), and for an
-  evaluation batch the "mask" (B,) float32. A training batch of a tokens folder (``data_config.tokens_dir``)
+  "image" (B, S, S, C) uint8 pixels in a training batch, float32 in [-1, 1] in an evaluation batch,
+  "label" (B,) int32, each of ``data_config.dense`` (B, S, S), and for an evaluation batch the "mask"
+  (B,) float32. A training batch of a tokens folder (``data_config.tokens_dir``)
   has "tokens" (B, seq_len) int32 in place of the image. For shapes without data: ahead-of-time
   compiles, plans."""
   b, s, c = batch_size, data_config.image_size, data_config.channels
@@ -93,7 +94,7 @@ def batch_spec(
       "label": jax.ShapeDtypeStruct((b,), np.int32),
     }
   spec = {
-    "image": jax.ShapeDtypeStruct((b, s, s, c), np.float32),
+    "image": jax.ShapeDtypeStruct((b, s, s, c), np.float32 if eval_batch else np.uint8),
     "label": jax.ShapeDtypeStruct((b,), np.int32),
   }
   for name in data_config.get("dense", ()):
@@ -103,6 +104,15 @@ def batch_spec(
   if eval_batch:
     spec["mask"] = jax.ShapeDtypeStruct((b,), np.float32)
   return spec
+
+
+def device_images(batch: dict) -> dict:
+  """A batch whose uint8 "image" (training batches) is scaled to float32 in [-1, 1] (``jax.numpy``, inside
+  the jitted step: the host copies bytes, the device does the arithmetic); other batches as they are."""
+  image = batch.get("image")
+  if image is None or image.dtype != np.uint8:
+    return batch
+  return {**batch, "image": pipeline.scale_pixels(image)}
 
 
 class InputPipeline:
@@ -167,6 +177,7 @@ class InputPipeline:
       process_count=self.num_shards if train else 1,
       skip_log=self.skip_log,
       drop_remainder=train,
+      image_dtype="uint8" if train else "float32",
     )
 
   def _token_loader(self, shard: int):
@@ -184,7 +195,8 @@ class InputPipeline:
 
   def train_iterator(self) -> ShardedIterator:
     """Endless training batches ``{"image", "label"}`` (``{"tokens", "label"}`` from a tokens folder) with
-    this process's rows of the global batch."""
+    this process's rows of the global batch; images are uint8 pixels (``device_images`` scales them in
+    the train step, on the device)."""
     if self.token_source is not None:
       return ShardedIterator([iter(self._token_loader(s)) for s in self.local_shards])
     return ShardedIterator([iter(self._loader(self.train_source, s, train=True)) for s in self.local_shards])

@@ -19,7 +19,7 @@ from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint
 from fsq.train import flops as flops_lib
 from fsq.train import mesh as mesh_lib
-from fsq.train.data import InputPipeline
+from fsq.train.data import InputPipeline, device_images
 from fsq.train.files import check_shared, run_path, write_text_atomically
 from fsq.train.writers import MetricWriter, write_config
 
@@ -138,11 +138,12 @@ def evaluate(
 def jit_train_step(task, shardings, mesh: jax.sharding.Mesh, seed: int):
   """The loop's jitted train step ``(state, global batch, constants) -> (state, metrics)``: the state
   sharded as ``shardings`` and donated, the batch split over the mesh, randomness from (seed, step).
+  Training images arrive as uint8 and are scaled inside the step (``data.device_images``).
   ``scripts.plan`` compiles this same function ahead of time."""
   step_key = jax.random.fold_in(jax.random.key(seed), 1)
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(
-    lambda s, b, c: task.train_step(s, b, jax.random.fold_in(step_key, s.step), c),
+    lambda s, b, c: task.train_step(s, device_images(b), jax.random.fold_in(step_key, s.step), c),
     in_shardings=(shardings, mesh_lib.batch_sharding(mesh), replicated),
     out_shardings=(shardings, replicated),
     donate_argnums=(0,),
@@ -249,7 +250,7 @@ def train_and_evaluate(
       for step in range(start + 1, config.num_train_steps + 1):
         batch = next(train_iter)
         if step == nan_step:
-          batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+          batch = {**batch, "image": np.full(batch["image"].shape, np.nan, np.float32)}
         profile.before(step)
         global_batch = mesh_lib.global_batch(batch, mesh)
         if peak and flops_per_step is None:
