@@ -119,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       task
     ]
     c.data.data_dir = "~/tensorflow_datasets"
+    c.data.worker_count = 16  # JPEG decode, inception crop and resize to 512 px in Grain worker processes
     # big_vision holds out COCO's and ImageNet's first 4096 training images (TRAIN_IMAGES counts the rest).
     c.data.train_split = "train" if task == "depth" else "train[4096:]"
     c.data.eval_split = "validation"

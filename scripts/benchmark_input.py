@@ -108,7 +108,7 @@ def input_suite(batch_size: int, batches: int, data_dir: str, workers: int = 0) 
 
   rows = [{"name": "JPEG decode (PIL), one image", "shape": [1], "seconds": decode_s, "us_per_vector": 0.0}]
   for name, rate in per_second.items():
-    shape = [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3]
+    shape = [batch_size, 256] if name.startswith("tokens") else [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3]
     rows.append({"name": name, "shape": shape, "seconds": batch_size / rate})
   for row in rows:
     row["us_per_vector"] = row["seconds"] / row["shape"][0] * 1e6

@@ -13,7 +13,7 @@ image's original resolution, as the paper reports it). FID uses the standard Inc
 weights``) on the first NUM_IMAGES images of the evaluation split, whose features are cached under
 artifacts/fid_reference. Multi-process jobs take the flags of scripts.train (``scripts.launch_local
 --module scripts.evaluate`` on one machine); rfid, fid and compression run on every process's share of
-the batches, color_fid and dense_native in one process.
+the batches, dense_native on every process's shard of the images, color_fid in one process.
 """
 
 from __future__ import annotations

@@ -100,3 +100,17 @@ def test_depth_is_scored_against_the_original_crop():
     truth = source[index]["depth"]
     errors.append(np.sqrt(np.mean((_upsample(predictions[index], *truth.shape) - truth) ** 2)))
   np.testing.assert_allclose(got["native/depth/rmse"], np.mean(errors), rtol=1e-5)
+
+
+def test_shards_cover_the_first_images_once_in_equal_numbers_of_batches():
+  """Process shards of the first 3 images: contiguous, disjoint, together all 3; every shard yields as
+  many batches (the short one pads with empty batches)."""
+  source = _source(lambda index, h, w: {"depth": np.full((h, w), float(index + 1), np.float32)})
+  shards = [
+    list(dense_native.native_batches(source, S, "squash", 3, batch_size=1, num_images=3, shard=(i, 2)))
+    for i in range(2)
+  ]
+  assert len(shards[0]) == len(shards[1]) == 2
+  seen = [int(e["depth"][0, 0]) - 1 for batches in shards for _, examples in batches for e in examples]
+  assert seen == [0, 1, 2]
+  assert all(images.shape == (1, S, S, 3) for batches in shards for images, _ in batches)

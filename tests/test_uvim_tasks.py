@@ -272,6 +272,15 @@ def test_stage_two_in_two_processes_matches_one_process(scenes_dir, depth_stage_
   assert one["codebook/count"] == two["codebook/count"] == 4 * 16  # the 4 test images, each counted once
   for name in ("depth/rmse", "depth/abs_rel", "code_loss"):
     np.testing.assert_allclose(two[name], one[name], rtol=1e-4, err_msg=name)
+  # dense_native: each process predicts and scores its shard of the images (3 of them: shards of 1 and
+  # 2, the first padded), the sums merged: the metrics of one process over all of them.
+  evaluate = ["--metrics=dense_native", "--num_images=3"]
+  run_one_process([f"--workdir={tmp_path / 'one'}", *evaluate], 4, "scripts.evaluate")
+  run_two_processes([f"--workdir={tmp_path / 'two'}", *evaluate], tmp_path / "two_eval", "scripts.evaluate")
+  one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+  assert one["native/num_images"] == two["native/num_images"] == 3
+  for name in ("native/depth/rmse", "native/depth/abs_rel", "native/depth/delta1"):
+    np.testing.assert_allclose(two[name], one[name], rtol=1e-4, err_msg=name)
 
 
 def _stage_two_encoder_checkpoint(config, path, seed):

@@ -169,6 +169,8 @@ class PanopticQuality:
     false_positive = ~matched.any(axis=0) & ((pred_on_void + on_crowd) / pred_area <= 0.5)
     np.add.at(self.fp, pred_class[false_positive], 1)
 
+  SUMS = ("tp", "fp", "fn", "iou_sum")  # what merging adds up
+
   def merge(self, other: PanopticQuality) -> PanopticQuality:
     """A new accumulator holding the statistics of both; the class definitions must agree."""
     same = (
@@ -306,6 +308,8 @@ class DepthMetrics:
       self.num_pixels += n
       self.num_images += 1
     return self
+
+  SUMS = ("image_sums", "pixel_sums", "num_images", "num_pixels", "num_skipped")  # what merging adds up
 
   def merge(self, other: DepthMetrics) -> DepthMetrics:
     """A new accumulator holding the statistics of both; the settings must agree."""

@@ -20,14 +20,25 @@ from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
 
 
 def native_batches(
-  source: ImageSource, image_size: int, resize_mode: str, channels: int, batch_size: int, num_images: int
+  source: ImageSource,
+  image_size: int,
+  resize_mode: str,
+  channels: int,
+  batch_size: int,
+  num_images: int,
+  shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[np.ndarray, list[dict[str, Any]]]]:
   """The first ``num_images`` examples of ``source`` in batches: (images (batch_size, S, S, C) float32 in
   [-1, 1], resized as the model saw them, zero rows padding the last batch; the examples' original dense
-  maps, one dict per real row)."""
+  maps, one dict per real row). ``shard`` (index, count): only the index-th of ``count`` contiguous
+  shards of those examples, in as many batches as the largest shard needs (a shard that runs out yields
+  batches of padding), so that every process of a job runs the same number of batches."""
   count = min(num_images, len(source))
-  for start in range(0, count, batch_size):
-    items = [source[i] for i in range(start, min(start + batch_size, count))]
+  index, shards = shard
+  first, stop = index * count // shards, (index + 1) * count // shards
+  largest = -(-count // shards)
+  for start in range(first, first + largest, batch_size) if largest else ():
+    items = [source[i] for i in range(start, min(start + batch_size, stop))]
     images = np.zeros((batch_size, image_size, image_size, channels), np.float32)
     for row, item in enumerate(items):
       pixels = resize_image(decode_image(item["image"], channels), image_size, resize_mode)
@@ -39,16 +50,18 @@ def panoptic_native(
   predict: Callable[[np.ndarray], np.ndarray],
   batches: Iterator[tuple[np.ndarray, list[dict[str, Any]]]],
   metric: PanopticQuality,
+  merge: Callable[[PanopticQuality], PanopticQuality] = lambda m: m,
 ) -> dict[str, float]:
   """PQ, SQ, RQ (all, things, stuff) of ``predict``'s (B, S, S, 2) semantic and instance maps, each
-  resized to its ground truth's size; ``crowd`` maps, where the examples have them, mark crowd regions."""
+  resized to its ground truth's size; ``crowd`` maps, where the examples have them, mark crowd regions.
+  ``merge`` combines the accumulated statistics with other processes' before the result."""
   for images, examples in batches:
     predictions = np.asarray(predict(images))
     for prediction, truth in zip(predictions, examples, strict=False):
       height, width = truth["semantic"].shape
       p = resize_nearest(prediction, height, width)
       metric.update(p[..., 0], p[..., 1], truth["semantic"], truth["instance"], truth.get("crowd"))
-  result = metric.result()
+  result = merge(metric).result()
   return {
     f"native/pq/{g.lower()}_{k}": result[g][k] for g in ("All", "Things", "Stuff") for k in ("pq", "sq", "rq")
   }
@@ -58,12 +71,13 @@ def depth_native(
   predict: Callable[[np.ndarray], np.ndarray],
   batches: Iterator[tuple[np.ndarray, list[dict[str, Any]]]],
   metric: DepthMetrics,
+  merge: Callable[[DepthMetrics], DepthMetrics] = lambda m: m,
 ) -> dict[str, float]:
   """RMSE, abs-rel, delta_1..3 (per image, then averaged) of ``predict``'s (B, S, S) depths in metres,
-  each resized to its ground truth's size (NYU: the 426 x 560 evaluation crop)."""
+  each resized to its ground truth's size (NYU: the 426 x 560 evaluation crop); ``merge`` as above."""
   for images, examples in batches:
     predictions = np.asarray(predict(images))
     for prediction, truth in zip(predictions, examples, strict=False):
       metric.update(resize_nearest(prediction, *truth["depth"].shape), truth["depth"])
-  result = metric.result()
+  result = merge(metric).result()
   return {f"native/depth/{k}": float(result[k]) for k in ("rmse", "abs_rel", "delta1", "delta2", "delta3")}

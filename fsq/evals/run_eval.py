@@ -116,12 +116,6 @@ def reconstruction_fid(
   return {"rfid": _fid(real, fake), "rfid/num_images": float(num_images)}
 
 
-def _single_process(metric: str) -> None:
-  """These metrics read the evaluation split whole in one process (sharded evaluation is not built yet)."""
-  if jax.process_count() > 1:
-    raise ValueError(f"metric {metric!r} runs in one process, this job has {jax.process_count()}")
-
-
 def area_resize_to_8_bit(images: np.ndarray, size: int) -> np.ndarray:
   """(B, S, S, C) in [-1, 1] -> (B, size, size, C): the mean of each (S / size)^2 block (area resizing;
   ``size`` must divide S), rounded to the 256 levels of 8-bit images, as ColTran's FID protocol stores
@@ -144,7 +138,8 @@ def colorization_fid(
   256 px and rounded to 8 bits. Offset 0 and size 0 (the CPU runs): against the same images, as they are."""
   task = run.task
   offset, size = run.config.uvim.get("fid_reference_offset", 0), run.config.uvim.get("fid_size", 0)
-  _single_process("color_fid")
+  if jax.process_count() > 1:  # its reference offset counts rows in one process's reading order
+    raise ValueError(f"metric 'color_fid' runs in one process, this job has {jax.process_count()}")
   if 0 < offset < num_images:
     raise ValueError(
       f"num_images = {num_images} would overlap the reference images from config.uvim.fid_reference_offset"
@@ -323,11 +318,12 @@ def real_floor(
 def dense_native(run: LoadedRun, num_images: int) -> dict[str, float]:
   """UViM stage II's depth or panoptic metric as the paper reports it (``fsq.evals.dense_native``): the
   first ``num_images`` evaluation images predicted at the model's resolution, the predictions resized to
-  each image's original size and scored against the original maps (COCO: with crowd regions)."""
+  each image's original size and scored against the original maps (COCO: with crowd regions). Each
+  process reads, predicts and scores a contiguous shard of the images; the statistics are summed over
+  processes."""
   from fsq.data import dense_targets
   from fsq.evals import dense_native as native
 
-  _single_process("dense_native")
   task, config = run.task, run.config
   rep, data = task.representation, config.data
   source = run.pipeline.eval_source
@@ -335,24 +331,37 @@ def dense_native(run: LoadedRun, num_images: int) -> dict[str, float]:
   if adapter is not None and "crowd" in adapter.makes:
     source = dataclasses.replace(source, dense=(*source.dense, "crowd"))
   predict_jit = jax.jit(
-    lambda state, constants, images: rep.predict(task.predict_outputs(state, constants, images)[0])
+    lambda state, constants, images: rep.predict(task.predict_outputs(state, constants, images)[0]),
+    out_shardings=mesh_lib.batch_sharding(run.mesh),
   )
 
   def predict(images: np.ndarray) -> np.ndarray:
-    return jax.device_get(predict_jit(run.state, run.constants, mesh_lib.global_batch(images, run.mesh)))
+    """This process's rows of a global batch (the others' rows come from their processes)."""
+    predictions = predict_jit(run.state, run.constants, mesh_lib.global_batch(images, run.mesh))
+    return mesh_lib.local_rows(predictions, run.mesh)
 
+  def merge(metric):
+    """The statistics of every process's shard, added up (float64 sums; counts stay exact)."""
+    for name in metric.SUMS:
+      value = getattr(metric, name)
+      total = _all_processes(value).astype(np.asarray(value).dtype)
+      setattr(metric, name, total if np.ndim(value) else total.item())
+    return metric
+
+  rows = config.batch_size // jax.process_count()
+  shard = (jax.process_index(), jax.process_count())
   batches = native.native_batches(
-    source, data.image_size, data.resize_mode, data.channels, config.batch_size, num_images
+    source, data.image_size, data.resize_mode, data.channels, rows, num_images, shard
   )
   u = config.uvim
   if u.task == "panoptic":
     metric = dense_metrics.PanopticQuality(
       u.num_classes, tuple(u.thing_classes), u.void_label, u.get("pq_stuff_by_instance", False)
     )
-    results = native.panoptic_native(predict, batches, metric)
+    results = native.panoptic_native(predict, batches, metric, merge)
   else:
     results = native.depth_native(
-      predict, batches, dense_metrics.DepthMetrics(u.min_depth, u.max_depth, crop=None)
+      predict, batches, dense_metrics.DepthMetrics(u.min_depth, u.max_depth, crop=None), merge
     )
   return {**results, "native/num_images": float(min(num_images, len(source)))}
 

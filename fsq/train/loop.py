@@ -19,7 +19,7 @@ from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint
 from fsq.train import flops as flops_lib
 from fsq.train import mesh as mesh_lib
-from fsq.train.data import InputPipeline, device_images
+from fsq.train.data import InputPipeline, batch_spec, device_images
 from fsq.train.files import check_shared, run_path, write_text_atomically
 from fsq.train.writers import MetricWriter, write_config
 
@@ -210,6 +210,13 @@ def train_and_evaluate(
   log_images = jax.jit(
     task.log_images, in_shardings=(shardings, batch_shardings, replicated), out_shardings=replicated
   )
+  # The evaluation and image programs are compiled now, ahead of time: one that does not compile or fit
+  # fails at the start, not at the first evaluation hours in.
+  t_compile = time.perf_counter()
+  eval_spec = batch_spec(config.data, config.batch_size, eval_batch=True)
+  eval_step = eval_step.lower(state, eval_spec, constants).compile()
+  log_images = log_images.lower(state, eval_spec, constants).compile()
+  log.info("evaluation programs compiled in %.1f s", time.perf_counter() - t_compile)
   nan_step = config.get("debug_nan_at_step", -1)
   profile = _Profile(workdir / "profile", tuple(config.get("profile_steps", ())))
   # MFU where the chip's peak is known (or config.peak_flops_per_device says it): FLOPs counted once,
