@@ -133,3 +133,21 @@ def test_perceptual_loss_is_zero_on_equal_images_symmetric_and_grey_is_rgb_repea
   assert ab == pytest.approx(rgb, rel=1e-5)
   grads = jax.jit(jax.grad(resnet.perceptual_loss, argnums=1))(imagenet_weights, b, a)
   assert float(jnp.abs(grads).max()) > 0
+
+
+def test_bfloat16_perceptual_networks_stay_within_a_percent_of_float32(imagenet_weights):
+  """The perceptual losses as the bfloat16 paper configs run them (networks in bfloat16, the difference
+  and mean in float32): the loss within 1% of float32 and its gradient pointing the same way."""
+  from fsq.models.lpips import pretrained_params
+  from fsq.tasks.tokenizer import _lpips
+
+  rng = np.random.default_rng(1)
+  a = jnp.asarray(rng.uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
+  b = jnp.clip(a + jnp.asarray(rng.normal(0, 0.3, a.shape), jnp.float32), -1, 1)
+  for fn, params in ((resnet.perceptual_loss, imagenet_weights), (_lpips, pretrained_params())):
+    loss = jax.jit(fn, static_argnums=3)
+    grad = jax.jit(jax.grad(fn, argnums=1), static_argnums=3)
+    low, high = loss(params, a, b, "bfloat16"), loss(params, a, b, "float32")
+    assert low.dtype == jnp.float32 and float(low) == pytest.approx(float(high), rel=0.01)
+    g_low, g_high = (np.asarray(grad(params, b, a, dtype), np.float64) for dtype in ("bfloat16", "float32"))
+    assert np.sum(g_low * g_high) / np.linalg.norm(g_low) / np.linalg.norm(g_high) > 0.95

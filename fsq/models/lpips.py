@@ -23,7 +23,9 @@ SCALE = np.asarray([0.458, 0.448, 0.450], np.float32)
 
 
 class VGG16Features(nn.Module):
-  """(B, H, W, 3) -> the five tapped ReLU feature maps."""
+  """(B, H, W, 3) -> the five tapped ReLU feature maps, computed in ``dtype`` (float32 parameters)."""
+
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> list[jax.Array]:
@@ -32,7 +34,7 @@ class VGG16Features(nn.Module):
       if v == "M":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         continue
-      x = nn.relu(nn.Conv(v, (3, 3), padding=1, name=f"conv_{conv}")(x))
+      x = nn.relu(nn.Conv(v, (3, 3), padding=1, dtype=self.dtype, name=f"conv_{conv}")(x))
       if conv in TAPS:
         taps.append(x)
       conv += 1
@@ -44,7 +46,10 @@ def _unit(feature: jax.Array, eps: float = 1e-10) -> jax.Array:
 
 
 class LPIPS(nn.Module):
-  """Perceptual distance: two (B, H, W, C) batches in [-1, 1], C = 1 or 3 -> (B,) float32."""
+  """Perceptual distance: two (B, H, W, C) batches in [-1, 1], C = 1 or 3 -> (B,) float32. The VGG runs
+  in ``dtype`` (bfloat16 on accelerators); the normalised differences and their weighting are float32."""
+
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -53,11 +58,11 @@ class LPIPS(nn.Module):
     )
     if x.shape[-1] == 1:
       x, y = jnp.repeat(x, 3, axis=-1), jnp.repeat(y, 3, axis=-1)
-    vgg = VGG16Features(name="vgg")
+    vgg = VGG16Features(self.dtype, name="vgg")
     both = vgg((jnp.concatenate([x, y]).astype(jnp.float32) - SHIFT) / SCALE)
     total = 0.0
     for j, feature in enumerate(both):
-      fx, fy = jnp.split(feature, 2)
+      fx, fy = jnp.split(feature.astype(jnp.float32), 2)
       diff = jnp.square(_unit(fx) - _unit(fy))
       weighted = nn.Conv(1, (1, 1), use_bias=False, name=f"lin_{j}")(diff)
       total = total + jnp.mean(weighted, axis=(1, 2, 3))

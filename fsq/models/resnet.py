@@ -68,12 +68,17 @@ def resnet50(weights: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, ja
   return x, logits
 
 
-def perceptual_loss(weights: dict[str, jax.Array], images: jax.Array, targets: jax.Array) -> jax.Array:
-  """MAGVIT's perceptual loss, a scalar: the mean over (B, 7, 7, 2048) of the squared difference of the
-  ResNet-50 feature maps of ``images`` and ``targets`` (B, H, W, C) in [-1, 1], each resized bilinearly
-  to 224 x 224 first."""
+def perceptual_loss(
+  weights: dict[str, jax.Array], images: jax.Array, targets: jax.Array, dtype=jnp.float32
+) -> jax.Array:
+  """MAGVIT's perceptual loss, a float32 scalar: the mean over (B, 7, 7, 2048) of the squared difference
+  of the ResNet-50 feature maps of ``images`` and ``targets`` (B, H, W, C) in [-1, 1], each resized
+  bilinearly to 224 x 224 first. The network runs in ``dtype`` (weights and activations cast; bfloat16
+  on accelerators); the difference and its mean are float32."""
   both = jnp.concatenate([images, targets]).astype(jnp.float32)
   both = jax.image.resize(both, (both.shape[0], IMAGE_SIZE, IMAGE_SIZE, both.shape[-1]), "bilinear")
-  features, _ = resnet50(weights, caffe_input(both))
-  a, b = jnp.split(features, 2)
+  dtype = jnp.dtype(dtype)
+  cast = jax.tree.map(lambda w: w.astype(dtype), weights)
+  features, _ = resnet50(cast, caffe_input(both).astype(dtype))
+  a, b = jnp.split(features.astype(jnp.float32), 2)
   return jnp.mean(jnp.square(a - b))

@@ -139,6 +139,7 @@ def build_tokenizer_task(config: ml_collections.ConfigDict) -> TokenizerTask:
     r1_weight=g.r1_weight,
     disc_start_step=g.disc_start_step,
     ema_decay=g.ema_decay,
+    perceptual_dtype=compute_dtype(config).name,
     accumulation_steps=accumulation_steps(config),
   )
 

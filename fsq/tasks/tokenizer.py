@@ -28,11 +28,11 @@ from fsq.tasks.autoencoder import _SCALAR_AUX, AutoencoderTask
 from fsq.train.state import accumulate
 
 
-def _lpips(params, images, targets):
-  return jnp.mean(LPIPS().apply({"params": params}, images, targets))
+def _lpips(params, images, targets, dtype=jnp.float32):
+  return jnp.mean(LPIPS(jnp.dtype(dtype)).apply({"params": params}, images, targets))
 
 
-# name -> (the weights, loaded on the host; loss(weights, images, targets) -> scalar)
+# name -> (the weights, loaded on the host; loss(weights, images, targets, dtype) -> float32 scalar)
 PERCEPTUAL_LOSSES = {
   "lpips": (pretrained_params, _lpips),
   "resnet50": (lambda: weights.load("resnet50_imagenet"), resnet.perceptual_loss),
@@ -75,6 +75,7 @@ class TokenizerTask(AutoencoderTask):
   disc_start_step: int = 0
   ema_decay: float = 0.999
   perceptual: str = "lpips"
+  perceptual_dtype: str = "float32"  # the perceptual network's activations (its loss is float32)
 
   def __post_init__(self):
     if self.perceptual not in PERCEPTUAL_LOSSES:
@@ -120,7 +121,7 @@ class TokenizerTask(AutoencoderTask):
       recon = recon.astype(jnp.float32)
       l2 = jnp.mean(jnp.square(recon - images))
       perceptual = (
-        PERCEPTUAL_LOSSES[self.perceptual][1](constants["perceptual"], recon, images)
+        PERCEPTUAL_LOSSES[self.perceptual][1](constants["perceptual"], recon, images, self.perceptual_dtype)
         if self.perceptual_weight
         else 0.0
       )
