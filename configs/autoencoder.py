@@ -88,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.worker_count = 0
   c.data.prefetch_buffer_size = 2
   c.data.skip_bad_examples = False  # True: skip undecodable examples, listed in WORKDIR/skipped_examples.tsv
+  c.data.resident = False  # True: keep the training set on the devices, draw batches there (small data)
   c.data.tokens_dir = ""  # MaskGIT stage II: train on scripts.pretokenize's tokens ('' = encode on the fly)
   c.data.num_shards = 0  # 0: one per process; set equal across runs to compare different process counts
 

@@ -2,20 +2,25 @@
 
 Measured in one run on the default backend: the jitted train step (config ``configs/autoencoder.py``,
 the CPU size), its FLOPs from the compiled program's cost analysis, a large float32 matmul as the
-machine's reachable FLOP/s, and the input pipeline alone. Ratios: achieved / matmul FLOP/s, and
-pipeline images/s / the images/s the step consumes (goal >= 5).
+machine's reachable FLOP/s, the input pipeline alone, the same training set resident on the device
+(``fsq.train.resident``: a batch drawn there), and the training loop's step fed by each. Ratios:
+achieved / matmul FLOP/s, pipeline images/s / the images/s the step consumes (goal >= 5), resident /
+pipeline images/s, and the loop's images/s with resident / Grain batches.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from configs.autoencoder import get_config
 from fsq.tasks import build_task
 from fsq.train import mesh as mesh_lib
+from fsq.train import resident
 from fsq.train.data import InputPipeline, device_images
 
 
@@ -67,10 +72,52 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
     next(iterator)
   input_s = (time.perf_counter() - start) / steps
 
+  # The same training set resident on the device (fsq.train.resident): the batch drawn there.
+  d = config.data
+  images, labels = resident.decode_all(pipeline.train_source, d.image_size, d.resize_mode)
+  data = resident.place(images, labels, mesh)
+  draw = jax.jit(
+    functools.partial(resident.draw, seed=0, batch_size=batch_size, random_flip=d.random_flip),
+    out_shardings=mesh_lib.batch_sharding(mesh),
+  )
+
+  def loop(get_batch):
+    """``steps`` steps as the training loop runs them, fetching each batch from ``get_batch``."""
+    nonlocal state
+    for s in range(steps):
+      state, metrics = compiled(state, get_batch(s))
+    return metrics
+
+  def grain_batch(_):
+    return mesh_lib.global_batch(next(iterator), mesh)
+
+  def resident_batch(s):
+    return draw(data, np.int32(s))
+
+  seconds.update(
+    time_calls(
+      {
+        "resident": lambda: draw(data, np.int32(0)),
+        "loop, Grain": lambda: loop(grain_batch),
+        "loop, resident": lambda: loop(resident_batch),
+      },
+      repeats=3,
+      min_seconds=0,
+    )
+  )
+  resident_s = seconds["resident"]
+
   matmul_flops = matmul_ops / seconds["matmul"]
   rows = [
     {"name": "train step (autoencoder, fsq)", "shape": list(shape), "seconds": step_s},
     {"name": "input pipeline batch", "shape": list(shape), "seconds": input_s},
+    {"name": "resident batch (drawn on the device)", "shape": list(shape), "seconds": resident_s},
+    {"name": "loop step, Grain batches", "shape": list(shape), "seconds": seconds["loop, Grain"] / steps},
+    {
+      "name": "loop step, resident batches",
+      "shape": list(shape),
+      "seconds": seconds["loop, resident"] / steps,
+    },
     {
       "name": f"matmul {matmul_size}^3 float32",
       "shape": [matmul_size, matmul_size],
@@ -82,12 +129,17 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
   values = {
     "step images/s": batch_size / step_s,
     "pipeline images/s": batch_size / input_s,
+    "resident images/s": batch_size / resident_s,
+    "loop images/s, Grain": batch_size * steps / seconds["loop, Grain"],
+    "loop images/s, resident": batch_size * steps / seconds["loop, resident"],
     "step GFLOP/s (cost analysis)": flops / step_s / 1e9,
     "matmul GFLOP/s": matmul_flops / 1e9,
   }
   ratios = {
     "achieved / matmul FLOP/s": (flops / step_s) / matmul_flops,
     "pipeline / step images/s": step_s / input_s,
+    "resident / pipeline images/s": input_s / resident_s,
+    "loop resident / loop Grain images/s": seconds["loop, Grain"] / seconds["loop, resident"],
   }
   return {
     "rows": rows,

@@ -3,6 +3,7 @@ logging and checkpoints. A model family supplies a task object (see fsq/tasks/au
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -16,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from fsq.metrics import CodebookUsage
-from fsq.train import checkpoint
+from fsq.train import checkpoint, resident
 from fsq.train import flops as flops_lib
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline, batch_spec, device_images
@@ -182,7 +183,24 @@ def train_and_evaluate(
   rules = getattr(task, "sharding_rules", ())  # (regex, PartitionSpec) pairs for model parallelism
   shardings = mesh_lib.state_shardings(abstract, mesh, rules, fsdp_min_size=config.mesh.fsdp_min_size)
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", config.max_to_keep)
-  train_iter = pipeline.train_iterator()
+  batch_shardings = mesh_lib.batch_sharding(mesh)
+  # Training batches: drawn on the devices from a resident copy of the training set (a function of the
+  # step alone, nothing to checkpoint), or read by Grain (its iterator saved with every checkpoint).
+  train_iter = draw = None
+  if config.data.get("resident", False):
+    images, labels = resident.decode_all(
+      pipeline.train_source, config.data.image_size, config.data.resize_mode
+    )
+    data = resident.place(images, labels, mesh)
+    draw = jax.jit(
+      functools.partial(
+        resident.draw, seed=config.seed, batch_size=config.batch_size, random_flip=config.data.random_flip
+      ),
+      out_shardings=batch_shardings,
+    )
+    log.info("training set resident on the devices: %d images, %.1f MB", len(labels), images.nbytes / 1e6)
+  else:
+    train_iter = pipeline.train_iterator()
 
   start = ckpt.latest_step()
   if start is None:
@@ -199,7 +217,6 @@ def train_and_evaluate(
     state = ckpt.restore(start, checkpoint.abstract_with_shardings(abstract, shardings), train_iter)
     log.info("resumed from step %d", start)
 
-  batch_shardings = mesh_lib.batch_sharding(mesh)
   constants = jax.device_put(task.constants(), mesh_lib.replicated(mesh))
   train_step = jit_train_step(task, shardings, mesh, config.seed)
   replicated = mesh_lib.replicated(mesh)
@@ -255,11 +272,15 @@ def train_and_evaluate(
   with _Preemption() as preemption:
     try:
       for step in range(start + 1, config.num_train_steps + 1):
-        batch = next(train_iter)
-        if step == nan_step:
-          batch = {**batch, "image": np.full(batch["image"].shape, np.nan, np.float32)}
-        profile.before(step)
-        global_batch = mesh_lib.global_batch(batch, mesh)
+        if draw is not None:
+          profile.before(step)
+          global_batch = draw(data, np.int32(step))
+        else:
+          batch = next(train_iter)
+          if step == nan_step:
+            batch = {**batch, "image": np.full(batch["image"].shape, np.nan, np.float32)}
+          profile.before(step)
+          global_batch = mesh_lib.global_batch(batch, mesh)
         if peak and flops_per_step is None:
           flops_per_step = _count_flops(task, train_step, (state, global_batch, constants), mesh.size, peak)
         state, metrics = train_step(state, global_batch, constants)

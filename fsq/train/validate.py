@@ -87,6 +87,22 @@ def _validate_tokens_dir(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.debug_nan_at_step puts NaN into images; a tokens_dir run has integer tokens")
 
 
+def _validate_resident(config: ml_collections.ConfigDict) -> None:
+  """A training set resident on the devices: fixed crops (each image is stored once, resized), images."""
+  resident = config.data.get("resident", False)
+  if not isinstance(resident, bool):
+    raise ValueError(f"config.data.resident must be True or False, got {resident!r}")
+  if not resident:
+    return
+  for name, value, off in (
+    ("data.random_crop", config.data.get("random_crop", ""), ""),
+    ("data.tokens_dir", config.data.get("tokens_dir", ""), ""),
+    ("debug_nan_at_step", config.get("debug_nan_at_step", -1), -1),
+  ):
+    if value != off:
+      raise ValueError(f"config.{name} = {value!r} cannot be used with config.data.resident = True")
+
+
 # The model checks of each task family: MaskGIT's conv autoencoder or UViM's ViTs.
 MODEL_CHECKS = {
   "autoencoder": _validate_conv,
@@ -158,6 +174,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.data.random_crop must be one of {RANDOM_CROPS}, got {config.data.random_crop!r}"
     )
   _validate_tokens_dir(config)
+  _validate_resident(config)
   q = config.quantizer
   if q.kind not in QUANTIZER_KINDS:
     raise ValueError(f"config.quantizer.kind must be one of {QUANTIZER_KINDS}, got {q.kind!r}")
