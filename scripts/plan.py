@@ -115,6 +115,10 @@ def topology_devices(name: str) -> list:
     ) from None
   from jax.experimental import topologies
 
+  # Compile-only devices touch no chip: let several plans (or a plan and a test) load libtpu at once,
+  # which its lock file would otherwise refuse.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
   dims = tuple(int(d) for d in shape.split("x"))
   per_host = tuple(min(d, 2) for d in dims) + (1,) * (3 - len(dims))
   topology = topologies.get_topology_desc(

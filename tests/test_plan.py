@@ -120,7 +120,6 @@ def test_plan_compiles_for_a_tpu_topology_on_this_cpu_host():
   done, _ = _plan("--config", "configs/autoencoder.py", "--devices", "8", "--topology", "v4:2x2x1")
   assert done.returncode == 2 and "--devices must be the topology's device count (4), got 8" in done.stderr
   # Unpadded, the TPU count is exact: a (512, 256) @ (256, 128) matmul over the 4 chips is 2 m k n FLOPs.
-  # (Last: libtpu, once loaded here, holds a lock that other processes' libtpu would wait on.)
   from fsq.train import flops
 
   mesh = jax.sharding.Mesh(np.asarray(plan_lib.topology_devices("v4:2x2x1")), ("data",))
