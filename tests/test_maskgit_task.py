@@ -16,7 +16,14 @@ from fsq.models.transformer import BidirectionalTransformer
 from fsq.tasks import build_autoencoder
 from fsq.tasks.maskgit import MaskGITTask
 from fsq.train.loop import train_and_evaluate
-from tests.test_train import read_metrics, tiny_config
+from tests.test_train import (
+  REPO,
+  read_metrics,
+  restore_params,
+  run_one_process,
+  run_two_processes,
+  tiny_config,
+)
 
 
 def make_task(config):
@@ -74,23 +81,32 @@ def test_grid_labels_give_one_row_per_class_and_spread_large_label_sets(tfds_dat
   np.testing.assert_array_equal(imagenet.grid_labels()[::2], [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
 
 
+@pytest.fixture(scope="module")
+def stage_one(tfds_data_dir, tmp_path_factory):
+  """The tiny tokenizer of ``tests.test_evals._maskgit_config`` trained 2 steps, with checkpoints at
+  steps 1 and 2, once for the module (the tests only read it)."""
+  from tests.test_evals import _maskgit_config
+
+  workdir = tmp_path_factory.mktemp("stage_one") / "tok"
+  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer", checkpoint_every_steps=1), workdir)
+  return workdir
+
+
 @pytest.mark.slow
-def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_data_dir, tmp_path):
+def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_data_dir, stage_one, tmp_path):
   """Multi-process training and evaluation equal one process: stage II as 2 processes x 2 devices
   (scripts.launch_local, 2 data shards) trains exactly as 1 process x 4 devices, losses and parameters,
   and scripts.evaluate scores both alike. The frozen tokenizer is restored to the host and placed on the
   mesh of every process (a tokenizer committed to one device cannot be moved to a mesh that spans
   processes). This replaces the autoencoder's two-process test: the same loop, launcher and sharded
   input, plus the frozen constants."""
-  from tests.test_evals import MASKGIT_TINY, _maskgit_config
-  from tests.test_train import REPO, restore_params, run_one_process, run_two_processes
+  from tests.test_evals import MASKGIT_TINY
 
-  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer"), tmp_path / "tok")
   overrides = {  # the tiny stage II of _maskgit_config, on 2 data shards
     **MASKGIT_TINY,
     "data.data_dir": tfds_data_dir,
     "data.num_shards": 2,
-    "tokenizer_workdir": tmp_path / "tok",
+    "tokenizer_workdir": stage_one,
   }
 
   def args(workdir):
@@ -126,3 +142,89 @@ def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_d
   coded_one, coded_two = (r["compression/coded_bits_per_token"] for r in (one_results, two_results))
   assert abs(coded_two - coded_one) <= 64 / (8 * 256)
   assert two_results["compression/num_images"] == one_results["compression/num_images"] == 8
+
+
+@pytest.mark.slow
+def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_dir, stage_one, tmp_path):
+  """scripts.pretokenize (2 processes, one file each) writes exactly the tokenizer's tokens of every image
+  and of its mirror image; stage II on them never runs the encoder, resumes bit-identically, and refuses
+  tokens of another tokenizer checkpoint."""
+  from fsq.data import pipeline
+  from fsq.data import tokens as tokens_lib
+  from fsq.tasks import build_task
+  from fsq.train import mesh as mesh_lib
+  from fsq.train.data import InputPipeline, batch_spec
+  from fsq.train.loop import jit_train_step
+  from tests.test_evals import MASKGIT_TINY, _maskgit_config
+
+  split = "train[:20]"
+  stage_two = {**MASKGIT_TINY, "data.data_dir": tfds_data_dir, "tokenizer_workdir": stage_one}
+  config_arg = f"--config={REPO}/configs/maskgit.py:stage=transformer,run=cpu,quantizer=fsq"
+  args = [config_arg, f"--output={tmp_path / 'tokens'}", f"--split={split}"]
+  args += [f"--config.{k}={v}" for k, v in stage_two.items()]
+  run_two_processes(args, tmp_path / "logs", "scripts.pretokenize")
+
+  manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
+  assert [f["num_records"] for f in manifest["files"]] == [10, 10]
+  assert manifest["tokenizer_step"] == 2 and manifest["seq_len"] == 256 and manifest["dtype"] == "<u2"
+  # The reference: the same images straight from the pipeline, mirrored in numpy, through the tokenizer.
+  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one))
+  config.tokenizer_step = 2
+  task = build_task(config)
+  source = InputPipeline(config.data, 8, 0).train_source
+  loader = pipeline.make_loader(
+    pipeline.ImageSource([source.examples[i] for i in range(20)], source.image_shape),
+    batch_size_per_process=20,
+    seed=0,
+    shuffle=False,
+    num_epochs=1,
+    image_size=32,
+    resize_mode="pad",
+    random_flip=False,
+    worker_count=0,
+    read_threads=1,
+    prefetch_buffer_size=1,
+    process_index=0,
+    process_count=1,
+  )
+  batch = next(iter(loader))
+  encode = jax.jit(task.tokens)
+  expected = np.asarray(encode(task.constants(), batch["image"]))
+  expected_mirrored = np.asarray(encode(task.constants(), np.ascontiguousarray(batch["image"][:, :, ::-1])))
+  assert not (expected == expected_mirrored).all()
+  made = tokens_lib.TokenSource.open(tmp_path / "tokens")
+  records = [tokens_lib.decode_record(made[i], 256, np.dtype("<u2")) for i in range(len(made))]
+  np.testing.assert_array_equal([r[0] for r in records], batch["label"])  # in the split's order
+  np.testing.assert_array_equal(np.stack([r[1] for r in records]), expected)
+  np.testing.assert_array_equal(np.stack([r[2] for r in records]), expected_mirrored)
+
+  # The loop's training program on a batch of tokens has no convolution (the encoder never runs).
+  mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
+  state = jax.eval_shape(task.init, jax.random.key(0), {"image": batch_spec(config.data, 8, True)["image"]})
+  step = jit_train_step(task, mesh_lib.state_shardings(state, mesh), mesh, 0)
+  for folder, encodes in (("", True), (str(tmp_path / "tokens"), False)):
+    config.data.tokens_dir = folder
+    program = step.lower(state, batch_spec(config.data, 8, seq_len=256), task.constants()).as_text()
+    assert ("stablehlo.convolution" in program) == encodes
+
+  # 4 steps straight equal 2 steps, a restart, and 2 more (the token loader's state is checkpointed;
+  # a constant learning rate, as the schedule depends on num_train_steps).
+  def run(workdir, steps, **extra):
+    c = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one), **extra)
+    c.data.tokens_dir, c.data.random_flip, c.num_train_steps = str(tmp_path / "tokens"), True, steps
+    c.optimizer.schedule = "constant"
+    return train_and_evaluate(c, workdir)
+
+  run(tmp_path / "straight", 4)
+  run(tmp_path / "resumed", 2)
+  run(tmp_path / "resumed", 4)
+  straight = [m["loss"] for m in read_metrics(tmp_path / "straight")]
+  resumed = [m["loss"] for m in read_metrics(tmp_path / "resumed")]
+  assert straight == resumed and len(straight) == 4
+  for a, b in zip(*(restore_params(tmp_path / w, 4)[0] for w in ("straight", "resumed")), strict=True):
+    np.testing.assert_array_equal(a, b)
+  recorded = json.loads((tmp_path / "straight" / "config.json").read_text())
+  assert recorded["tokenizer_step"] == 2  # pinned to the manifest's checkpoint, not stage I's newest
+
+  with pytest.raises(ValueError, match="tokenizer_step: tokens made with 2, this run has 1"):
+    run(tmp_path / "other", 2, tokenizer_step=1)
