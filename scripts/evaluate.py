@@ -19,8 +19,6 @@ the batches, dense_native on every process's shard of the images, color_fid in o
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
 from fsq.train import distributed
 
@@ -39,14 +37,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
   args = parser.parse_args(argv)
-  logging.basicConfig(
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    stream=sys.stdout,
-    force=True,
-  )
-  for name in ("absl", "orbax", "jax._src.xla_bridge"):
-    logging.getLogger(name).setLevel(logging.WARNING)
+  distributed.log_to_stdout()
   distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
   from fsq.evals.run_eval import evaluate
 

@@ -17,12 +17,10 @@ data). Multi-process flags as scripts.train.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fsq.train import distributed
@@ -128,14 +126,7 @@ def pretokenize(config, output: str | Path, split: str = "") -> dict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    stream=sys.stdout,
-    force=True,
-  )
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  distributed.log_to_stdout()
   distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   pretokenize(_CONFIG.value, _OUTPUT.value, _SPLIT.value)
 

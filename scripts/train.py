@@ -10,11 +10,7 @@ fsq/train/distributed.py).
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from fsq.train import distributed
@@ -40,15 +36,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(
-    level=logging.INFO,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    stream=sys.stdout,
-    force=True,
-  )
-  # orbax and tfds log every file operation at INFO, some of it from their own threads.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  distributed.log_to_stdout()
   distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from fsq.train.loop import train_and_evaluate
   from fsq.train.validate import validate_config

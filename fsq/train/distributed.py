@@ -81,3 +81,21 @@ def initialize(
       jax.process_count(),
       jax.device_count(),
     )
+
+
+def log_to_stdout() -> None:
+  """A job's logs: INFO and above on stdout, one line each with the time and the logger; the per-file INFO
+  chatter of absl, orbax and TFDS (some from their own threads) and jax's backend probing at WARNING."""
+  import sys
+
+  from absl import logging as absl_logging
+
+  logging.basicConfig(
+    level=logging.INFO,
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    stream=sys.stdout,
+    force=True,
+  )
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("absl", "orbax", "jax._src.xla_bridge"):
+    logging.getLogger(name).setLevel(logging.WARNING)
