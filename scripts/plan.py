@@ -103,6 +103,9 @@ def topology_devices(name: str) -> list:
     raise ValueError(
       f"--topology must be GENERATION:AxB[xC] with GENERATION in {sorted(TPU_CHIP_CONFIGS)}, got {name!r}"
     )
+  # Compile-only devices touch no chip: let several plans (or a plan and a test) load libtpu at once,
+  # which its lock file would otherwise refuse.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   folder = Path(os.environ.get("FSQ_LIBTPU_DIR", Path(__file__).resolve().parents[1] / LIBTPU_DIR))
   if folder.is_dir() and str(folder) not in sys.path:
     sys.path.append(str(folder))
@@ -115,12 +118,8 @@ def topology_devices(name: str) -> list:
     ) from None
   from jax.experimental import topologies
 
-  # Compile-only devices touch no chip: let several plans (or a plan and a test) load libtpu at once,
-  # which its lock file would otherwise refuse.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-
   dims = tuple(int(d) for d in shape.split("x"))
-  per_host = tuple(min(d, 2) for d in dims) + (1,) * (3 - len(dims))
+  per_host = (min(dims[0], 2), min(dims[1], 2), 1)  # a TPU VM host holds a 2x2x1 block of chips
   topology = topologies.get_topology_desc(
     platform="tpu",
     topology_name=name,

@@ -78,8 +78,14 @@ def pretokenize(config, output: str | Path, split: str = "") -> dict:
   dtype = tokens_lib.token_dtype(task.vocab.codebook_size)
   seq_len = task.transformer.seq_len - 1
   output = Path(output).expanduser()
-  output.mkdir(parents=True, exist_ok=True)
   index, count = jax.process_index(), jax.process_count()
+  if index == 0:  # a manifest marks a complete folder: an earlier one must not vouch for the new files
+    output.mkdir(parents=True, exist_ok=True)
+    (output / tokens_lib.MANIFEST).unlink(missing_ok=True)
+  if count > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("old manifest removed")
   name = tokens_lib.file_name(config.data.eval_split, index, count)
   start, done = time.perf_counter(), 0
 
@@ -113,9 +119,7 @@ def pretokenize(config, output: str | Path, split: str = "") -> dict:
       for p, n in enumerate(counts)
     ],
   }
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
+  if count > 1:
     multihost_utils.sync_global_devices("token files written")
   if index == 0:
     tokens_lib.write_manifest(output, manifest)

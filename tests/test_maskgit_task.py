@@ -212,6 +212,7 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   def run(workdir, steps, **extra):
     c = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one), **extra)
     c.data.tokens_dir, c.data.random_flip, c.num_train_steps = str(tmp_path / "tokens"), True, steps
+    c.data.train_split = split  # the manifest pins the split the tokens were made of
     c.optimizer.schedule = "constant"
     return train_and_evaluate(c, workdir)
 
@@ -228,3 +229,8 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
 
   with pytest.raises(ValueError, match="tokenizer_step: tokens made with 2, this run has 1"):
     run(tmp_path / "other", 2, tokenizer_step=1)
+  # Evaluation reads images: a run trained on tokens loads without its tokens folder.
+  from fsq.evals.run_eval import load_run
+
+  (tmp_path / "tokens").rename(tmp_path / "tokens_gone")
+  assert load_run(tmp_path / "straight").step == 4

@@ -101,8 +101,8 @@ def test_step_flops_count_a_matmul_by_hand_and_mfu_follows_its_definition():
 @pytest.mark.slow
 def test_plan_compiles_for_a_tpu_topology_on_this_cpu_host():
   """``--topology v4:2x2x1``: libtpu's compile-only devices (``make tpu-plan``) give a TPU program for 4
-  chips, with XLA's TPU memory analysis; its FLOPs before partitioning are those of the same step planned
-  on CPU devices, and names that libtpu cannot serve are refused before compiling."""
+  chips, with XLA's TPU memory analysis; its FLOPs (of the compiled per-chip program, padded) are at least
+  the CPU plan's and exactly 2mkn on a matmul; names that libtpu cannot serve are refused."""
   tiny = ["--set", "model.filters=8", "--set", "model.norm_groups=4", "--set", "batch_size=16"]
   tiny.append("--train_only")
   config = ["--config", "configs/autoencoder.py:quantizer=fsq", "--devices", "4"]
@@ -127,8 +127,9 @@ def test_plan_compiles_for_a_tpu_topology_on_this_cpu_host():
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   matmul = jax.jit(lambda a, b: a @ b, in_shardings=(sharded, replicated))
   shapes = (jax.ShapeDtypeStruct((512, 256), np.float32), jax.ShapeDtypeStruct((256, 128), np.float32))
+  cache = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)  # compile-only programs cannot be cached
   try:
     assert flops.step_flops(matmul, shapes, num_devices=4) == 2 * 512 * 256 * 128
   finally:
-    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_enable_compilation_cache", cache)

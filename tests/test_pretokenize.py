@@ -64,3 +64,9 @@ def test_token_records_round_trip_and_the_loader_shards_shuffles_and_mirrors(tmp
     tokens_lib.encode_record(0, np.array([70000]), np.array([0]), np.dtype("<u2"))
   with pytest.raises(ValueError, match=r"has no manifest\.json: run scripts\.pretokenize"):
     tokens_lib.TokenSource.open(tmp_path / "elsewhere")
+  # A file rewritten after its manifest (a rerun that crashed, another process count) is refused.
+  name = tokens_lib.file_name("train", 1, 2)
+  records = (tokens_lib.encode_record(0, tokens[0], mirrored[0], np.dtype("<u2")) for _ in range(3))
+  tokens_lib.write_records(tmp_path / name, records)
+  with pytest.raises(ValueError, match="its files hold 23 records, the manifest 40"):
+    tokens_lib.TokenSource.open(tmp_path)

@@ -138,7 +138,13 @@ class TokenSource:
         f"config.data.tokens_dir = {str(folder)!r}: the manifest lists missing files {missing}"
       )
     total = sum(f["num_records"] for f in manifest["files"])
-    return cls(str(folder), manifest["seq_len"], manifest["dtype"], paths, total)
+    source = cls(str(folder), manifest["seq_len"], manifest["dtype"], paths, total)
+    if len(source.records) != total:
+      raise ValueError(
+        f"config.data.tokens_dir = {str(folder)!r}: its files hold {len(source.records)} records, "
+        f"the manifest {total}: the folder was rewritten after the manifest; tokenise again"
+      )
+    return source
 
   @functools.cached_property
   def records(self) -> grain.sources.ArrayRecordDataSource:

@@ -51,6 +51,8 @@ def load_run(workdir: str | Path) -> LoadedRun:
 
   workdir = run_path(workdir, "workdir")
   config = read_config(workdir)
+  if config.data.get("tokens_dir", ""):  # evaluation reads images: a run trained on tokens needs none here
+    config.data.tokens_dir = ""
   task = build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
   pipeline = InputPipeline(config.data, config.batch_size, config.seed)
@@ -348,6 +350,11 @@ def dense_native(run: LoadedRun, num_images: int) -> dict[str, float]:
       setattr(metric, name, total if np.ndim(value) else total.item())
     return metric
 
+  if config.batch_size % jax.process_count():
+    raise ValueError(
+      f"dense_native splits config.batch_size = {config.batch_size} over the processes: "
+      f"{jax.process_count()} do not divide it"
+    )
   rows = config.batch_size // jax.process_count()
   shard = (jax.process_index(), jax.process_count())
   batches = native.native_batches(

@@ -34,15 +34,19 @@ def caffe_input(images: jax.Array) -> jax.Array:
 
 
 def _conv(weights, name, x, stride, padding):
+  """In x's dtype (the float32 weights cast to it)."""
+  kernel, bias = (weights[f"{name}/{k}"].astype(x.dtype) for k in ("kernel", "bias"))
   y = jax.lax.conv_general_dilated(
-    x, weights[f"{name}/kernel"], (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  return y + weights[f"{name}/bias"]
+  return y + bias
 
 
 def _batch_norm(weights, name, x):
+  """Inference BatchNorm folded into a scale and shift computed in float32, applied in x's dtype."""
   scale = weights[f"{name}/gamma"] * jax.lax.rsqrt(weights[f"{name}/moving_variance"] + 1e-3)
-  return (x - weights[f"{name}/moving_mean"]) * scale + weights[f"{name}/beta"]
+  shift = weights[f"{name}/beta"] - weights[f"{name}/moving_mean"] * scale
+  return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 
 def _block(weights, x, stage, block, stride):
@@ -55,10 +59,13 @@ def _block(weights, x, stage, block, stride):
   return jax.nn.relu(x + y)
 
 
-def resnet50(weights: dict[str, jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Caffe-convention input (B, H, W, 3) -> final feature map (B, H/32, W/32, 2048) and logits (B, 1000)."""
+def resnet50(weights: dict[str, jax.Array], x: jax.Array, dtype=None) -> tuple[jax.Array, jax.Array]:
+  """Caffe-convention input (B, H, W, 3) -> final feature map (B, H/32, W/32, 2048) and logits (B, 1000).
+  The stem convolution runs in x's dtype (float32 keeps the input's fine differences); the rest in
+  ``dtype`` (default x's)."""
   x = jnp.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)))
   x = jax.nn.relu(_batch_norm(weights, "bn_conv1", _conv(weights, "conv1", x, 2, "VALID")))
+  x = x.astype(dtype or x.dtype)
   x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # zeros: the input is a ReLU output, >= 0
   x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
   for stage, blocks, stride in STAGES:
@@ -73,12 +80,10 @@ def perceptual_loss(
 ) -> jax.Array:
   """MAGVIT's perceptual loss, a float32 scalar: the mean over (B, 7, 7, 2048) of the squared difference
   of the ResNet-50 feature maps of ``images`` and ``targets`` (B, H, W, C) in [-1, 1], each resized
-  bilinearly to 224 x 224 first. The network runs in ``dtype`` (weights and activations cast; bfloat16
-  on accelerators); the difference and its mean are float32."""
+  bilinearly to 224 x 224 first. The network after its stem runs in ``dtype`` (bfloat16 on accelerators;
+  BatchNorm folded in float32); the difference and its mean are float32."""
   both = jnp.concatenate([images, targets]).astype(jnp.float32)
   both = jax.image.resize(both, (both.shape[0], IMAGE_SIZE, IMAGE_SIZE, both.shape[-1]), "bilinear")
-  dtype = jnp.dtype(dtype)
-  cast = jax.tree.map(lambda w: w.astype(dtype), weights)
-  features, _ = resnet50(cast, caffe_input(both).astype(dtype))
+  features, _ = resnet50(weights, caffe_input(both), jnp.dtype(dtype))
   a, b = jnp.split(features.astype(jnp.float32), 2)
   return jnp.mean(jnp.square(a - b))

@@ -139,7 +139,7 @@ def build_tokenizer_task(config: ml_collections.ConfigDict) -> TokenizerTask:
     r1_weight=g.r1_weight,
     disc_start_step=g.disc_start_step,
     ema_decay=g.ema_decay,
-    perceptual_dtype=compute_dtype(config).name,
+    perceptual_dtype=g.get("perceptual_dtype", "float32"),
     accumulation_steps=accumulation_steps(config),
   )
 
@@ -195,13 +195,14 @@ def build_maskgit_task(
 
 def check_tokens_dir(config: ml_collections.ConfigDict) -> None:
   """A ValueError unless ``config.data.tokens_dir`` holds tokens of this run's tokenizer (workdir, pinned
-  step, config.json's sha256) and images (dataset, size, resize mode)."""
+  step, config.json's sha256) and images (dataset, training split, size, resize mode)."""
   folder = config.data.tokens_dir
   expected = {
     "tokenizer_workdir": str(config.tokenizer_workdir),
     "tokenizer_step": int(config.tokenizer_step),
     "tokenizer_config_sha256": tokens_lib.config_sha256(config.tokenizer_workdir),
     "dataset": config.data.name,
+    "split": config.data.train_split,
     "image_size": int(config.data.image_size),
     "resize_mode": config.data.resize_mode,
   }

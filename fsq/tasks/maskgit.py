@@ -99,11 +99,13 @@ class MaskGITTask:
     return loss, accuracy
 
   def train_step(self, state: TrainState, batch: dict, rng: jax.Array, constants: dict):
-    tokens = batch["tokens"] if "tokens" in batch else self.tokens(constants, batch["image"])
-    inputs = {"tokens": tokens, "label": batch["label"]}
+    """Images are tokenised inside each micro-batch (the frozen encoder's activations are a micro-batch's,
+    and a step's FLOPs are its micro-batch's times accumulation_steps); tokens are used as they are."""
+    inputs = {k: batch[k] for k in ("tokens", "image", "label") if k in batch}
 
     def loss_fn(params, model_state, inputs, rng):
-      loss, accuracy = self.masked_loss(params, inputs["tokens"], inputs["label"], rng, train=True)
+      tokens = inputs["tokens"] if "tokens" in inputs else self.tokens(constants, inputs["image"])
+      loss, accuracy = self.masked_loss(params, tokens, inputs["label"], rng, train=True)
       return jnp.mean(loss), ({"masked_accuracy": jnp.mean(accuracy)}, model_state)
 
     return apply_gradients(state, loss_fn, inputs, rng, self.accumulation_steps)

@@ -171,13 +171,15 @@ class UViMStageTwoTask:
     return jnp.mean(loss, -1), jnp.mean(jnp.argmax(logits, -1) == codes, -1)
 
   def train_step(self, state: TrainState, batch: dict, rng: jax.Array, constants: dict):
-    inputs = {"codes": self.codes(constants, batch), "context": self.representation.context(batch["image"])}
+    """The frozen stage I codes each micro-batch (its activations are a micro-batch's, and a step's FLOPs
+    are its micro-batch's times accumulation_steps)."""
 
-    def loss_fn(params, model_state, inputs, rng):
-      loss, accuracy = self._loss(params, inputs["codes"], inputs["context"], rng, train=True)
+    def loss_fn(params, model_state, micro, rng):
+      codes, context = self.codes(constants, micro), self.representation.context(micro["image"])
+      loss, accuracy = self._loss(params, codes, context, rng, train=True)
       return jnp.mean(loss), ({"code_accuracy": jnp.mean(accuracy)}, model_state)
 
-    return apply_gradients(state, loss_fn, inputs, rng, self.accumulation_steps)
+    return apply_gradients(state, loss_fn, batch, rng, self.accumulation_steps)
 
   def predict_outputs(
     self, state: TrainState, constants: dict, images: jax.Array

@@ -146,9 +146,6 @@ class InputPipeline:
     if sources is None:
       sources = _open_sources(data_config)
     self.train_source, self.eval_source = sources
-    # Stage II on pre-tokenised data: training batches of tokens, evaluation still on images.
-    tokens_dir = data_config.get("tokens_dir", "")
-    self.token_source = tokens.TokenSource.open(tokens_dir) if tokens_dir else None
 
   @property
   def global_image_shape(self) -> tuple[int, int, int, int]:
@@ -180,9 +177,9 @@ class InputPipeline:
       image_dtype="uint8" if train else "float32",
     )
 
-  def _token_loader(self, shard: int):
+  def _token_loader(self, source: tokens.TokenSource, shard: int):
     return tokens.make_token_loader(
-      self.token_source,
+      source,
       batch_size_per_process=self.shard_batch,
       seed=self.seed,
       random_flip=self.config.random_flip,
@@ -197,8 +194,10 @@ class InputPipeline:
     """Endless training batches ``{"image", "label"}`` (``{"tokens", "label"}`` from a tokens folder) with
     this process's rows of the global batch; images are uint8 pixels (``device_images`` scales them in
     the train step, on the device)."""
-    if self.token_source is not None:
-      return ShardedIterator([iter(self._token_loader(s)) for s in self.local_shards])
+    tokens_dir = self.config.get("tokens_dir", "")
+    if tokens_dir:  # stage II on pre-tokenised data: training batches of tokens, evaluation on images
+      source = tokens.TokenSource.open(tokens_dir)
+      return ShardedIterator([iter(self._token_loader(source, s)) for s in self.local_shards])
     return ShardedIterator([iter(self._loader(self.train_source, s, train=True)) for s in self.local_shards])
 
   def num_eval_batches(self, limit: int = -1) -> int:

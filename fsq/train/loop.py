@@ -274,7 +274,7 @@ def train_and_evaluate(
       for step in range(start + 1, config.num_train_steps + 1):
         if draw is not None:
           profile.before(step)
-          global_batch = draw(data, np.int32(step))
+          global_batch = draw(data, np.int32(step - 1))  # step 1 draws the first rows of epoch 0
         else:
           batch = next(train_iter)
           if step == nan_step:

@@ -1,5 +1,6 @@
-"""A training set held on the devices: small datasets (Fashion-MNIST, the synthetic scenes) as uint8 arrays
-in device memory, each step's batch drawn there, with no host work per step.
+"""A training set held on the devices: a small dataset's images and labels (Fashion-MNIST, the synthetic
+scenes' images; no dense maps) as uint8 arrays in device memory, each step's batch drawn there, with no
+host work per step.
 
 The images are decoded and resized once by the Grain pipeline's deterministic part (no flips or crops),
 then split into D contiguous shards, one per batch shard of the mesh (its data x fsdp devices), as

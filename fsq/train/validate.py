@@ -95,6 +95,7 @@ def _validate_resident(config: ml_collections.ConfigDict) -> None:
   if not resident:
     return
   for name, value, off in (
+    ("data.dense", tuple(config.data.get("dense", ())), ()),
     ("data.random_crop", config.data.get("random_crop", ""), ""),
     ("data.tokens_dir", config.data.get("tokens_dir", ""), ""),
     ("debug_nan_at_step", config.get("debug_nan_at_step", -1), -1),
@@ -144,6 +145,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"config.profile_steps must be () or (first, last) with 1 <= first <= last, got {profile}"
     )
   compute_dtype(config)
+  perceptual = config.get("gan", {}).get("perceptual_dtype", "float32")
+  if perceptual not in ("float32", "bfloat16"):
+    raise ValueError(f"config.gan.perceptual_dtype must be 'float32' or 'bfloat16', got {perceptual!r}")
   peak = config.get("peak_flops_per_device", 0.0)
   if isinstance(peak, bool) or not isinstance(peak, int | float) or not peak >= 0:
     raise ValueError(f"config.peak_flops_per_device must be a number >= 0 (0: the chip's own), got {peak!r}")
