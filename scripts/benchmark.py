@@ -173,12 +173,19 @@ def _uvim(args: argparse.Namespace) -> dict[str, object]:
   return uvim_suite(args.batch_size)
 
 
+def _conv(args: argparse.Namespace) -> dict[str, object]:
+  from scripts.benchmark_conv import conv_suite
+
+  return conv_suite(args.batch_size)
+
+
 SUITES = {
   "quantizers": lambda args: quantizers_suite(args.repeats, args.fsq_rows, args.vq_rows, args.vq_dim),
   "train": _train,
   "maskgit": _maskgit,
   "uvim": _uvim,
   "input": _input,
+  "conv": _conv,
 }
 
 
@@ -193,7 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
   parser.add_argument(
     "--train-steps", type=int, default=20, help="train suite: steps and input batches timed"
   )
-  parser.add_argument("--batch-size", type=int, default=64, help="train, maskgit, uvim, input suites: batch")
+  parser.add_argument(
+    "--batch-size", type=int, default=64, help="train, maskgit, uvim, input, conv suites: batch"
+  )
   parser.add_argument(
     "--data-dir", default="artifacts/tensorflow_datasets", help="train and input suites: TFDS data_dir"
   )

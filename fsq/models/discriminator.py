@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsq.models.conv import Conv
+
 _INIT = nn.initializers.xavier_uniform()
 _BLUR = np.outer([1.0, 3.0, 3.0, 1.0], [1.0, 3.0, 3.0, 1.0]) / 64.0
 
@@ -50,7 +52,7 @@ class DownBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    conv = functools.partial(nn.Conv, kernel_init=_INIT, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=_INIT, dtype=self.dtype)
     h = nn.leaky_relu(conv(x.shape[-1], (3, 3))(x), 0.2)
     h = nn.leaky_relu(conv(self.features, (3, 3))(blur_downsample(h)), 0.2)
     skip = conv(self.features, (1, 1), use_bias=False, name="shortcut")(blur_downsample(x))
@@ -70,7 +72,7 @@ class Discriminator(nn.Module):
     assert x.ndim == 4 and x.shape[1] % factor == 0 and x.shape[2] % factor == 0, (
       f"expected (B, H, W, C) with H, W divisible by {factor}, got {x.shape}"
     )
-    conv = functools.partial(nn.Conv, kernel_init=_INIT, dtype=self.dtype)
+    conv = functools.partial(Conv, kernel_init=_INIT, dtype=self.dtype)
     h = nn.leaky_relu(conv(self.filters, (3, 3), name="stem")(x), 0.2)
     for multiplier in self.channel_multipliers:
       h = DownBlock(self.filters * multiplier, self.dtype)(h)

@@ -10,6 +10,7 @@ MaskGIT's ResBlock applies its channel-changing shortcut to the block's transfor
 instead of its input (an upstream quirk); here the shortcut takes the input, and
 ``maskgit_shortcut_quirk=True`` restores the upstream behaviour for weight compatibility.
 
+Convolutions are ``fsq.models.conv.Conv`` (``flax.linen.Conv`` with a faster kernel gradient on CPU).
 ``dtype`` is the compute dtype (parameters stay float32; bfloat16 at paper scale halves the activations'
 memory); ``remat`` recomputes each ResBlock's activations in the backward pass instead of keeping them.
 """
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from fsq.models.conv import Conv
 
 
 class ResBlock(nn.Module):
@@ -36,13 +39,13 @@ class ResBlock(nn.Module):
     residual = x
     h = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype)(x)
     h = nn.swish(h)
-    h = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(h)
+    h = Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(h)
     h = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype)(h)
     h = nn.swish(h)
-    h = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(h)
+    h = Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype)(h)
     if x.shape[-1] != self.features:
       shortcut_input = h if self.maskgit_shortcut_quirk else residual
-      residual = nn.Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="shortcut")(
+      residual = Conv(self.features, (1, 1), use_bias=False, dtype=self.dtype, name="shortcut")(
         shortcut_input
       )
     return h + residual
@@ -88,7 +91,7 @@ class Encoder(nn.Module):
     _check_common(self.filters, self.channel_multipliers, self.num_res_blocks, self.norm_groups)
     assert x.ndim == 4, f"expected images (batch, height, width, channels), got {x.shape}"
     block = _blocks(self)
-    x = nn.Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
+    x = Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
     for level, multiplier in enumerate(self.channel_multipliers):
       for _ in range(self.num_res_blocks):
         x = block(self.filters * multiplier)(x)
@@ -98,7 +101,7 @@ class Encoder(nn.Module):
       x = block(self.filters * self.channel_multipliers[-1])(x)
     x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype)(x)
     x = nn.swish(x)
-    return nn.Conv(self.latent_dim, (1, 1), dtype=self.dtype, name="to_latent")(x)
+    return Conv(self.latent_dim, (1, 1), dtype=self.dtype, name="to_latent")(x)
 
 
 class Decoder(nn.Module):
@@ -118,7 +121,7 @@ class Decoder(nn.Module):
     _check_common(self.filters, self.channel_multipliers, self.num_res_blocks, self.norm_groups)
     assert z.ndim == 4, f"expected latents (batch, height, width, channels), got {z.shape}"
     block = _blocks(self)
-    x = nn.Conv(self.filters * self.channel_multipliers[-1], (3, 3), dtype=self.dtype)(z)
+    x = Conv(self.filters * self.channel_multipliers[-1], (3, 3), dtype=self.dtype)(z)
     for _ in range(self.num_res_blocks):
       x = block(self.filters * self.channel_multipliers[-1])(x)
     for level in reversed(range(len(self.channel_multipliers))):
@@ -127,7 +130,7 @@ class Decoder(nn.Module):
       if level > 0:
         b, h, w, c = x.shape
         x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
-        x = nn.Conv(c, (3, 3), dtype=self.dtype)(x)
+        x = Conv(c, (3, 3), dtype=self.dtype)(x)
     x = nn.GroupNorm(num_groups=self.norm_groups, dtype=self.dtype)(x)
     x = nn.swish(x)
-    return nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="to_pixels")(x)
+    return Conv(self.out_channels, (3, 3), dtype=self.dtype, name="to_pixels")(x)
