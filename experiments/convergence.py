@@ -7,6 +7,7 @@ loop's log: one JSON record per line with "step", "split" ("train" or "eval") an
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ TRAIN_KEYS = ("mse", "loss")  # the reconstruction term of a tokenizer, else the
 # The validation metric of each task family, first found: tokenizer, MaskGIT transformer, UViM II, UViM I.
 EVAL_KEYS = ("psnr", "masked_loss", "code_loss", "task_loss")
 TAIL = 0.2  # the last fifth of training, compared with the fifth before it
+SPIKE_RATIO = 1.5  # a logged training loss above 1.5x the one logged before it is a spike
+SETTLED = 0.02  # a run has settled when its loss moved less than 2% over the last fifth
 
 
 def series(
@@ -49,6 +52,22 @@ def tail_change(steps: np.ndarray, values: np.ndarray, fraction: float = TAIL) -
   return float((np.median(late) - np.median(early)) / abs(np.median(early)))
 
 
+def spikes(steps: np.ndarray, values: np.ndarray, warmup_steps: int) -> int:
+  """Loss spikes, with steps [n] ascending and values [n]: logged values (each the training loop's mean
+  over the ``log_every_steps`` steps before it) more than SPIKE_RATIO times the value logged before them,
+  at steps after the warm-up."""
+  rising = values[1:] > SPIKE_RATIO * values[:-1]
+  return int(np.sum(rising & (steps[1:] > warmup_steps)))
+
+
+def warmup_steps(workdir: Path) -> int:
+  """The learning-rate warm-up of the run in ``workdir`` (its config.json); 0 if it has none recorded."""
+  path = run_path(workdir, "workdir") / "config.json"
+  if not path.exists():
+    return 0
+  return int(json.loads(path.read_text()).get("optimizer", {}).get("warmup_steps", 0))
+
+
 def _logged(runs: Sequence[Run], run_dir: Path) -> list[tuple[Run, list[dict]]]:
   paths = [(run, run_path(run_dir, "run_dir") / run.name / "metrics.jsonl") for run in runs]
   return [(run, read_metrics(path)) for run, path in paths if path.exists()]
@@ -65,6 +84,7 @@ def convergence_table(runs: Sequence[Run], run_dir: Path) -> str | None:
       continue
     key, steps, values = train
     change = tail_change(steps, values)
+    count = spikes(steps, values, warmup_steps(run_path(run_dir, "run_dir") / run.name))
     evals = ""
     if held_out is not None:
       eval_key, eval_steps, eval_values = held_out
@@ -77,15 +97,20 @@ def convergence_table(runs: Sequence[Run], run_dir: Path) -> str | None:
         f"{steps.max():.0f}",
         f"{key} {values[-1]:.4g}",
         "" if change is None else f"{change:+.1%}",
+        "" if change is None else ("yes" if abs(change) < SETTLED and count == 0 else "no"),
+        str(count),
         evals,
       ]
     )
   if not rows:
     return None
-  header = ["run", "steps", "final train loss", f"change over the last {TAIL:.0%}", "validation (step)"]
+  header = ["run", "steps", "final train loss", f"change over the last {TAIL:.0%}", "settled", "spikes"]
+  header.append("validation (step)")
   return (
     "## Convergence\n\nTraining loss: the median over the last fifth of the steps against the fifth"
-    " before it. Validation: the last two evaluations.\n\n" + markdown_table(header, rows)
+    f" before it. Spikes: logged losses (each a mean over the log interval) above {SPIKE_RATIO}x the one"
+    f" logged before, after the warm-up. Settled: under {SETTLED:.0%} change and no spike. Validation: the"
+    " last two evaluations.\n\n" + markdown_table(header, rows)
   )
 
 

@@ -9,10 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fsq.models.conv import Conv, conv_general_dilated
+from fsq.models.conv import MIN_PRODUCT_ROWS, Conv, conv_general_dilated
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def products(*args, **kwargs):
+  """conv_general_dilated taking the matrix-product route whatever the size."""
+  return conv_general_dilated(*args, **kwargs, min_product_rows=0)
 
 
 def kernel_grad_float64(x: np.ndarray, dy: np.ndarray, kernel: tuple[int, int], padding) -> np.ndarray:
@@ -52,7 +57,7 @@ def test_values_and_gradients_match_lax_and_float64(kernel, padding, explicit):
     lambda: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=NHWC)
   )
   dy = jnp.asarray(rng.normal(size=out_shape.shape), jnp.float32)
-  ours = jax.jit(lambda x, w, dy: grads(conv_general_dilated, x, w, dy, padding))(x, w, dy)
+  ours = jax.jit(lambda x, w, dy: grads(products, x, w, dy, padding))(x, w, dy)
   lax = grads(jax.lax.conv_general_dilated, x, w, dy, padding)
   for a, b in zip(ours, lax, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -66,7 +71,7 @@ def test_bfloat16_kernel_gradient_keeps_the_dtype_and_accumulates_in_float32():
   w = rng.normal(size=(3, 3, 8, 8))
   dy = rng.normal(size=(8, 16, 16, 8))
   bf16 = [jnp.asarray(a, jnp.bfloat16) for a in (x, w, dy)]
-  _, dx, dw = grads(conv_general_dilated, *bf16, "SAME")
+  _, dx, dw = grads(products, *bf16, "SAME")
   assert dx.dtype == dw.dtype == jnp.bfloat16
   reference = kernel_grad_float64(
     np.asarray(bf16[0], np.float64), np.asarray(bf16[2], np.float64), (3, 3), ((1, 1),) * 2
@@ -79,25 +84,24 @@ def convolutions(lowered_text: str) -> int:
   return lowered_text.count("stablehlo.convolution")
 
 
-def test_the_matrix_product_route_is_cpu_only_and_other_cases_stay_native():
-  x = jnp.zeros((2, 8, 8, 3))
-  w = jnp.zeros((3, 3, 3, 4))
+def test_the_matrix_product_route_is_cpu_only_from_min_product_rows_and_other_cases_stay_native():
+  w = jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.float32)
 
-  def gradient(strides):
-    return jax.jit(
-      jax.grad(
-        lambda x, w: (conv_general_dilated(x, w, strides, "SAME", dimension_numbers=NHWC) ** 2).sum(), (0, 1)
-      )
-    )
+  def text(images, strides, platform):
+    x = jax.ShapeDtypeStruct((images, 8, 8, 3), jnp.float32)  # "SAME": 64 output positions an image
 
-  def text(strides, platform):
-    return jax.export.export(gradient(strides), platforms=[platform])(x, w).mlir_module()
+    def loss(x, w):
+      return (conv_general_dilated(x, w, strides, "SAME", dimension_numbers=NHWC) ** 2).sum()
+
+    return jax.export.export(jax.jit(jax.grad(loss, (0, 1))), platforms=[platform])(x, w).mlir_module()
 
   # forward, input gradient, kernel gradient: the kernel gradient is products on CPU, a convolution elsewhere
-  assert convolutions(text((1, 1), "cpu")) == 2
-  assert convolutions(text((1, 1), "tpu")) == 3
-  assert convolutions(text((1, 1), "cuda")) == 3
-  assert convolutions(text((2, 2), "cpu")) == 3  # strided: XLA's own gradient
+  enough = MIN_PRODUCT_ROWS // 64
+  assert convolutions(text(enough, (1, 1), "cpu")) == 2
+  assert convolutions(text(enough, (1, 1), "tpu")) == 3
+  assert convolutions(text(enough, (1, 1), "cuda")) == 3
+  assert convolutions(text(enough - 1, (1, 1), "cpu")) == 3  # a small convolution: XLA's own gradient
+  assert convolutions(text(enough, (2, 2), "cpu")) == 3  # strided: XLA's own gradient
 
 
 def test_module_has_flax_conv_parameters_and_outputs():

@@ -335,8 +335,9 @@ def test_convergence_table_and_curves_read_the_training_logs(tmp_path):
   late, early = np.median([1 / 900, 1 / 1000]), np.median([1 / 700, 1 / 800])
   assert rows["a"][:2] == ["1000", "mse 0.001"]
   assert rows["a"][2] == f"{(late - early) / early:+.1%}"
-  assert rows["a"][3] == "psnr 20 (500) \u2192 21.5 (1000)"
-  assert rows["c"] == ["1000", "loss 4", "", ""]  # one log per window: no change; no evaluations
+  assert rows["a"][3:5] == ["no", "0"]  # still falling 17% over the last fifth
+  assert rows["a"][5] == "psnr 20 (500) \u2192 21.5 (1000)"
+  assert rows["c"] == ["1000", "loss 4", "", "", "0", ""]  # one log per window: no change; no evaluations
   assert list(rows) == ["a", "c"]
   assert [p.name for p in convergence.curves_figure(runs, tmp_path, tmp_path)] == ["training_curves.png"]
   # The figure's panels: one per stage of the config spec (the file's name when the spec names none).
@@ -346,6 +347,31 @@ def test_convergence_table_and_curves_read_the_training_logs(tmp_path):
   assert convergence.stage(runs[0]) == "autoencoder"
   assert convergence.convergence_table(runs[1:2], tmp_path) is None
   assert convergence.curves_figure(runs[1:2], tmp_path, tmp_path / "none") == []
+
+
+def test_spikes_count_rises_over_1_5x_after_the_warmup_recorded_in_config_json(tmp_path):
+  steps = np.arange(50, 1001, 50, dtype=np.float64)
+  values = np.full(20, 1.0)
+  values[1] = 3.0  # step 100: inside a 100-step warm-up, not counted
+  values[7] = 1.51  # step 400: a spike
+  values[8] = 2.2  # step 450: 1.46x the value before it, not a spike
+  values[4], values[5] = 0.5, 0.76  # step 300: 1.52x a lower level, a spike
+  assert convergence.spikes(steps, values, warmup_steps=100) == 2
+  assert convergence.spikes(steps, values, warmup_steps=0) == 3
+  assert convergence.spikes(steps, np.linspace(1.0, 0.1, 20), 0) == 0
+  (tmp_path / "run").mkdir()
+  assert convergence.warmup_steps(tmp_path / "run") == 0  # no config.json
+  (tmp_path / "run" / "config.json").write_text(json.dumps({"optimizer": {"warmup_steps": 100}}))
+  assert convergence.warmup_steps(tmp_path / "run") == 100
+  records = [{"step": int(s), "split": "train", "loss": float(v)} for s, v in zip(steps, values, strict=True)]
+  (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  row = table_rows(convergence.convergence_table([Run("run", "configs/autoencoder.py")], tmp_path))["run"]
+  assert row[2:5] == ["+0.0%", "no", "2"]  # flat at the end, but it spiked: not settled
+  values[4] = values[5] = values[7] = values[8] = 1.0
+  records = [{"step": int(s), "split": "train", "loss": float(v)} for s, v in zip(steps, values, strict=True)]
+  (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  row = table_rows(convergence.convergence_table([Run("run", "configs/autoencoder.py")], tmp_path))["run"]
+  assert row[2:5] == ["+0.0%", "yes", "0"]
 
 
 def test_figures_are_written(tmp_path):

@@ -1,8 +1,8 @@
 """A 2-D convolution whose kernel gradient is a sum of matrix products on CPU.
 
-XLA's CPU backend computes the kernel gradient of a stride-1 NHWC convolution about ten times slower than
-the forward convolution (measured on a 2-core AMD EPYC: 1.1 to 1.5 s against 0.08 to 0.1 s for a 3x3,
-64-channel convolution of 64 images of 32x32; see ``scripts/benchmark.py --suite conv``), which makes it
+XLA's CPU backend computes the kernel gradient of a stride-1 NHWC convolution 5 to 15 times slower than
+the forward convolution (measured on a 2-core AMD EPYC: 0.9 to 1.5 s against 0.1 to 0.17 s for a 3x3,
+64-channel convolution of 64 images of 32x32; ``scripts/benchmark.py --suite conv``), which makes it
 most of a CPU training step of the tokenizer. For a (kh, kw) kernel the gradient is kh * kw products
 
   dW[i, j] = sum over (b, y, x) of x_padded[b, y + i, x + j, :]^T dy[b, y, x, :]     (C_in, C_out)
@@ -10,9 +10,12 @@ most of a CPU training step of the tokenizer. For a (kh, kw) kernel the gradient
 which run at matrix-product speed. ``conv_general_dilated`` is a drop-in for
 ``jax.lax.conv_general_dilated`` that takes that route on CPU (chosen when the program is lowered, so a
 program compiled for TPU or GPU keeps the native gradient) for the one case the models train:
-NHWC images, HWIO kernels, unit strides and dilations, one feature group. Anything else is
-``jax.lax.conv_general_dilated`` itself. The forward pass and the input gradient are XLA's own in every
-case. ``Conv`` is ``flax.linen.Conv`` with it (the same parameters and names).
+NHWC images, HWIO kernels, unit strides and dilations, one feature group, and at least
+``MIN_PRODUCT_ROWS`` output positions (batch x height x width). Anything else is
+``jax.lax.conv_general_dilated`` itself: on small convolutions the two gradients take about the same time
+and the products cost more to compile (the unit tests' tiny models compiled 25% slower with them). The
+forward pass and the input gradient are XLA's own in every case. ``Conv`` is ``flax.linen.Conv`` with it
+(the same parameters and names).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ import jax.numpy as jnp
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
+# Output positions from which the products are used: 16 images of 32x32, 64 of 16x16. At 8 images of
+# 32x32 (64 channels) XLA's gradient took 36-40 ms and the products 27-37 ms, at 64 images 1.3-1.6 s
+# against 0.4 s (tests' optimisation level 0; ``scripts/benchmark.py --suite conv`` at the default level).
+MIN_PRODUCT_ROWS = 2**14
 
 
 def _conv(x: jax.Array, w: jax.Array, padding: Padding, precision) -> jax.Array:
@@ -101,9 +108,10 @@ def conv_general_dilated(
   batch_group_count: int = 1,
   precision=None,
   preferred_element_type=None,
+  min_product_rows: int = MIN_PRODUCT_ROWS,
 ) -> jax.Array:
   """``jax.lax.conv_general_dilated`` with the same arguments; see the module docstring for the case whose
-  kernel gradient is computed as matrix products on CPU."""
+  kernel gradient is computed as matrix products on CPU (from ``min_product_rows`` output positions)."""
   native = functools.partial(
     jax.lax.conv_general_dilated,
     lhs,
@@ -133,7 +141,16 @@ def conv_general_dilated(
   )
   if not simple:
     return native()
-  return _conv_matmul_grad(lhs, rhs, _explicit_padding(padding, lhs.shape, rhs.shape), precision)
+  explicit = _explicit_padding(padding, lhs.shape, rhs.shape)
+  (top, bottom), (left, right) = explicit
+  rows = (
+    lhs.shape[0]
+    * (lhs.shape[1] + top + bottom - rhs.shape[0] + 1)
+    * (lhs.shape[2] + left + right - rhs.shape[1] + 1)
+  )
+  if rows < min_product_rows:
+    return native()
+  return _conv_matmul_grad(lhs, rhs, explicit, precision)
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
