@@ -6,7 +6,9 @@ The codebook-size study trains each stage I for ``common.CPU_STEPS_STAGE_1`` (10
 were still improving at the end. These runs repeat three of them with the same recipe over ``STEPS``
 steps and validate every ``EVAL_EVERY`` steps on the whole test split: FSQ and MaskGIT's VQ at 2^8, and
 FSQ at 2^14, whose usage fell furthest short of the paper's. Stage I's learning rate is constant after
-its warm-up, so each run repeats the study's run for its first 1000 steps and then trains on.
+its warm-up (``CONSTANT_RECIPE``, the recipe of that study), so each run repeats the study's run for its
+first 1000 steps and then trains on. These runs are why the CPU recipe now ends at its budget
+(experiments/common.py).
 
 ``settled_at`` is the first validation after which every later one stays within ``PSNR_TOLERANCE`` dB
 (or ``USAGE_TOLERANCE`` of the codebook) of the last: with 4x the study's steps, a run that settles
@@ -41,12 +43,15 @@ ARMS = (("fsq", 8), ("vq", 8), ("fsq", 14))  # (quantizer, log2 codebook size)
 PSNR_TOLERANCE = 0.25  # dB
 USAGE_TOLERANCE = 0.01  # of the codebook: one percentage point
 REPORT_STEPS = (1000, 2000, 3000, 4000)
+# The recipe these runs measured (the CPU config's before it took a cosine schedule and clipping).
+CONSTANT_RECIPE = ("optimizer.schedule=constant", "optimizer.grad_clip_norm=0.0", "optimizer.warmup_steps=50")
 
 
 def runs(scale: str) -> list[Run]:
   if scale != "cpu":
     raise ValueError(f"settling checks the cpu scale's training budget; it has no {scale!r} scale")
   overrides = (f"num_train_steps={STEPS}", f"eval_every_steps={EVAL_EVERY}", *CPU_STAGE_1_OVERRIDES)
+  overrides += CONSTANT_RECIPE
   spec = "configs/maskgit.py:stage=tokenizer,run=cpu,quantizer={},codebook={}"
   return [Run(f"{q}_{bits}_stage1", spec.format(q, bits), overrides) for q, bits in ARMS]
 

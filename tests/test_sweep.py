@@ -222,7 +222,7 @@ def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
   names = [c.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for c in printed if "scripts.train" in c]
   # Stage II runs bring their stage I runs with them.
   assert names == ["fsq_8-8-8_stage1", "fsq_8-8-8_stage2", "fsq_5-5-5-5-5_stage1", "fsq_5-5-5-5-5_stage2"]
-  assert "levels=8-8-8" in printed[0] and "--config.num_train_steps=1000" in printed[0]
+  assert "levels=8-8-8" in printed[0] and f"--config.num_train_steps={common.CPU_STEPS_STAGE_1}" in printed[0]
   with pytest.raises(ValueError, match="--levels is an option"):
     sweep.main(["codebook_size", "--levels", "8-8-8", "--print"])
   with pytest.raises(ValueError, match="matches no run"):
@@ -468,10 +468,15 @@ def test_uvim_images_collect_the_last_stage_two_predictions(tmp_path):
 
 def test_settling_repeats_study_runs_longer_and_finds_when_validation_settles(tmp_path):
   study = {r.name: r for r in codebook_size.runs("cpu")}
-  for run in settling.runs("cpu"):  # the study's stage I recipe, only longer and validated more often
+  for run in settling.runs("cpu"):  # the study's stage I, longer, validated more often, at a constant rate
     assert run.config == study[run.name].config and run.depends_on is None
     rest = [o for o in run.overrides if not o.startswith(("num_train_steps=", "eval_every_steps="))]
-    assert rest == [o for o in study[run.name].overrides if not o.startswith("num_train_steps=")]
+    assert rest[-3:] == [
+      "optimizer.schedule=constant",
+      "optimizer.grad_clip_norm=0.0",
+      "optimizer.warmup_steps=50",
+    ]
+    assert rest[:-3] == [o for o in study[run.name].overrides if not o.startswith("num_train_steps=")]
     assert "num_train_steps=4000" in run.overrides and "eval_every_steps=250" in run.overrides
   with pytest.raises(ValueError, match="no 'paper' scale"):
     settling.runs("paper")
