@@ -83,5 +83,6 @@ clean-cache:
 benchmark: $(STAMP) data
 	$(PY) -m scripts.benchmark --suite quantizers --out artifacts/benchmark_quantizers.json
 	$(PY) -m scripts.benchmark --suite train --out artifacts/benchmark_train.json
+	$(PY) -m scripts.benchmark --suite conv --out artifacts/benchmark_conv.json
 	$(PY) -m scripts.benchmark --suite maskgit --out artifacts/benchmark_maskgit.json
 	$(PY) -m scripts.benchmark --suite uvim --out artifacts/benchmark_uvim.json

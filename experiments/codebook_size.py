@@ -76,7 +76,7 @@ def runs(scale: str) -> list[Run]:
         f"{arm.args},codebook={bits}",
         scale,
         "imagenet128",
-        stage_1_metrics=("rfid",),
+        stage_1_metrics=("rfid", "train_usage"),
         stage_2_metrics=("compression", "fid") if stage_2 else None,
       )
   return out
@@ -100,6 +100,7 @@ HEADER = [
   "log2 size",
   "levels (codes)",
   "usage",
+  "usage (train)",
   "perplexity",
   "PSNR (dB)",
   "rFID",
@@ -123,6 +124,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
           str(bits),
           codes(arm, bits),
           cell(results, one, "codebook/usage", PERCENT),
+          planned_cell(runs, results, one, "codebook/usage_train", PERCENT),
           planned_cell(runs, results, one, "codebook/perplexity", ".4g"),
           planned_cell(runs, results, one, "psnr", ".2f"),
           planned_cell(runs, results, one, "rfid", ".2f"),

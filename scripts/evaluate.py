@@ -4,16 +4,19 @@
   python -m scripts.evaluate --workdir runs/maskgit --metrics fid,compression --num_images 2000
   python -m scripts.evaluate --workdir runs/uvim_colorization_lm --metrics color_fid --num_images 500
   python -m scripts.evaluate --workdir runs/uvim_panoptic_lm --metrics dense_native --num_images 5000
+  python -m scripts.evaluate --workdir runs/tok --metrics rfid,train_usage --num_images 2000
 
 Metrics: rfid (stage I: reconstruction FID), fid (stage II: sampling FID, precision and recall, k = 3),
 compression (stage II: bits per token under a deterministic masking schedule, from the model's
 probabilities and by range coding), color_fid (UViM stage II colorization: FID of the colourings of the
 evaluation images against the images), dense_native (UViM stage II depth or panoptic: the metric at each
-image's original resolution, as the paper reports it). FID uses the standard Inception network (``make
-weights``) on the first NUM_IMAGES images of the evaluation split, whose features are cached under
-artifacts/fid_reference. Multi-process jobs take the flags of scripts.train (``scripts.launch_local
---module scripts.evaluate`` on one machine); rfid, fid and compression run on every process's share of
-the batches, dense_native on every process's shard of the images, color_fid in one process.
+image's original resolution, as the paper reports it), train_usage (stage I: codebook usage and
+perplexity over the whole training split, beside the evaluation split's). FID uses the standard
+Inception network (``make weights``) on the first NUM_IMAGES images of the evaluation split, whose
+features are cached under artifacts/fid_reference. Multi-process jobs take the flags of scripts.train
+(``scripts.launch_local --module scripts.evaluate`` on one machine); rfid, fid and compression run on
+every process's share of the batches, dense_native on every process's shard of the images, train_usage
+on every process's shards of the training split, color_fid in one process.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     "--metrics",
     default="",
-    help="comma-separated: rfid, fid, compression, color_fid, dense_native ('' = none)",
+    help="comma-separated: rfid, fid, compression, color_fid, dense_native, train_usage ('' = none)",
   )
   parser.add_argument("--num_images", type=int, default=2000, help="images for FID and compression")
   parser.add_argument("--distributed", choices=distributed.MODES, default="auto", help="as scripts.train")

@@ -112,6 +112,22 @@ def test_evaluate_writes_results_with_reconstruction_fid(maskgit_runs, tmp_path)
     saved["rfid"], _fid_scipy(inception_pool(images), inception_pool(recon)), rtol=2e-3
   )
 
+  # train_usage: the codes of the training split's images (here its first 40), counted in numpy from the
+  # restored model's indices, against what the evaluation step counted over the split.
+  config = read_config(workdir)
+  config.data.train_split = "train[:40]"
+  write_config(workdir, config)
+  usage = evaluate(workdir, ("train_usage",), num_images=10)
+  config.data.eval_split = "train[:40]"  # the same 40 images, read as evaluation reads them (no flips)
+  images = next(InputPipeline(config.data, 40, 0).eval_batches())["image"]
+  _, aux = run.task.model.apply(variables, images, train=False)
+  counts = np.bincount(np.asarray(aux["indices"]).ravel(), minlength=run.task.codebook_shape[0])
+  p = counts[counts > 0] / counts.sum()
+  assert usage["codebook/train_images"] == 40
+  assert usage["codebook/usage_train"] == pytest.approx((counts > 0).mean(), abs=1e-12)
+  assert usage["codebook/perplexity_train"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
+  assert usage["psnr"] == final["psnr"]  # the evaluation split's metrics stay as trained
+
 
 def test_evaluate_rejects_bad_requests_before_loading(tmp_path):
   with pytest.raises(ValueError, match=r"metrics must be among .*\['psnr'\]"):

@@ -296,6 +296,26 @@ def _first_rows(mask: np.ndarray, count: int) -> np.ndarray:
   return first[jax.process_index() * b : (jax.process_index() + 1) * b]
 
 
+def train_split_usage(run: LoadedRun) -> dict[str, float]:
+  """Codebook usage and perplexity over the whole training split (its images unflipped and uncropped,
+  through the run's evaluation step), beside the evaluation split's in final_metrics.json: a shortfall
+  on the smaller split that the training split does not show is a limit of that data, not of the
+  tokenizer. Keys ``codebook/usage_train``, ``codebook/perplexity_train`` and ``codebook/train_images``."""
+  from fsq.train.loop import evaluate as evaluate_split
+
+  data = ml_collections.ConfigDict(run.config.data.to_dict())
+  data.eval_split = data.train_split
+  pipeline = InputPipeline(data, run.config.batch_size, run.config.seed)
+  replicated = mesh_lib.replicated(run.mesh)
+  eval_step = jax.jit(run.task.eval_step, out_shardings=replicated)
+  metrics = evaluate_split(run.task, run.state, run.constants, pipeline, eval_step, run.mesh, -1)
+  return {
+    "codebook/usage_train": metrics["codebook/usage"],
+    "codebook/perplexity_train": metrics["codebook/perplexity"],
+    "codebook/train_images": float(len(pipeline.eval_source)),
+  }
+
+
 def real_floor(
   config: ml_collections.ConfigDict,
   num_images: int,
@@ -373,7 +393,7 @@ def dense_native(run: LoadedRun, num_images: int) -> dict[str, float]:
   return {**results, "native/num_images": float(min(num_images, len(source)))}
 
 
-METRICS = ("rfid", "fid", "compression", "color_fid", "dense_native")
+METRICS = ("rfid", "fid", "compression", "color_fid", "dense_native", "train_usage")
 # The training tasks each metric applies to (color_fid: UViM stage II with uvim.task = colorization;
 # dense_native: with uvim.task = depth or panoptic).
 METRIC_TASKS = {
@@ -382,6 +402,7 @@ METRIC_TASKS = {
   "compression": ("transformer",),
   "color_fid": ("uvim_lm",),
   "dense_native": ("uvim_lm",),
+  "train_usage": ("autoencoder", "tokenizer"),
 }
 
 
@@ -421,6 +442,8 @@ def evaluate(
     results.update(colorization_fid(run, extractor, num_images, cache_dir=cache_dir))
   if "dense_native" in metrics:
     results.update(dense_native(run, num_images))
+  if "train_usage" in metrics:
+    results.update(train_split_usage(run))
   results["step"] = float(run.step)
   _write_results(workdir, results)
   return results
