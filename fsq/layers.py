@@ -6,7 +6,8 @@ and out (``dim``), and returns ``(quantized, aux)`` with ``aux["indices"]``; onl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -46,13 +47,130 @@ def _check_axis(x: jax.Array, axis: int, expected: int, what: str) -> None:
     )
 
 
-def _check_module_fields(levels: Levels, num_codebooks: int, dim: int | None) -> tuple[int, ...]:
+def check_module_fields(levels: Levels, num_codebooks: int, dim: int | None) -> tuple[int, ...]:
   levels = check_levels(levels)
   if not isinstance(num_codebooks, int) or num_codebooks < 1:
     raise ValueError(f"num_codebooks must be an integer >= 1, got {num_codebooks!r}")
   if dim is not None and (not isinstance(dim, int) or dim < 1):
     raise ValueError(f"dim must be None or an integer >= 1, got {dim!r}")
   return levels
+
+
+Projection = Callable[[jax.Array], jax.Array] | None  # a Dense layer's call, or None for no projection
+
+
+def fsq_forward(
+  x: jax.Array,
+  levels: tuple[int, ...],
+  num_codebooks: int,
+  dim: int | None,
+  channel_axis: int,
+  symmetric: bool,
+  eps: float,
+  project_in: Projection,
+  project_out: Projection,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The FSQ layer (Linen ``FSQ`` and ``fsq.nnx.FSQ``) on checked fields and its projections.
+
+  Args:
+    x: float array with ``dim`` (or the quantized width, num_codebooks * len(levels)) channels on
+      ``channel_axis``.
+
+  Returns:
+    quantized: same shape and dtype as x.
+    aux: ``indices`` int32, shaped like x without the channel axis when num_codebooks == 1, else
+      with the codebook axis (size num_codebooks) in place of the channel axis; ``codes``, the
+      grid values before the output projection, with the quantized width on the channel axis.
+      No loss: see ``FSQ``.
+  """
+  code_width = num_codebooks * len(levels)
+  width = dim if dim is not None else code_width
+  _check_axis(x, channel_axis, width, "dim" if dim is not None else "the quantized width")
+  z = _to_last(x, channel_axis)
+  if project_in is not None:
+    z = project_in(z)
+  z = z.reshape(*z.shape[:-1], num_codebooks, len(levels))
+  codes, indices = quantize_with_indices(z, levels, eps, symmetric=symmetric)
+  codes = codes.reshape(*codes.shape[:-2], code_width)
+  out = project_out(codes) if project_out is not None else codes
+  indices = indices[..., 0] if num_codebooks == 1 else _from_last(indices, channel_axis)
+  return _from_last(out.astype(x.dtype), channel_axis), {
+    "indices": indices,
+    "codes": _from_last(codes, channel_axis),
+  }
+
+
+def fsq_decode(
+  indices: jax.Array,
+  levels: tuple[int, ...],
+  num_codebooks: int,
+  channel_axis: int,
+  symmetric: bool,
+  project_out: Projection,
+  dtype=jnp.float32,
+) -> jax.Array:
+  """Quantized vectors of ``fsq_forward``'s indices, in ``dtype``."""
+  indices = _to_last(indices, channel_axis) if num_codebooks > 1 else indices[..., None]
+  codes = indices_to_codes(indices, levels, symmetric=symmetric, dtype=jnp.float32)
+  codes = codes.reshape(*codes.shape[:-2], num_codebooks * len(levels))
+  out = project_out(codes) if project_out is not None else codes
+  return _from_last(out.astype(dtype), channel_axis)
+
+
+def residual_scales(levels: tuple[int, ...], num: int) -> jax.Array:
+  """(num, d) float32 stage scales (levels - 1) ** -k of residual FSQ."""
+  L = np.asarray(levels, np.float64)
+  return jnp.asarray((L - 1) ** -np.arange(num)[:, None], jnp.float32)
+
+
+def residual_fsq_forward(
+  x: jax.Array,
+  levels: tuple[int, ...],
+  num_stages: int,
+  dim: int | None,
+  channel_axis: int,
+  symmetric: bool,
+  eps: float,
+  project_in: Projection,
+  project_out: Projection,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The residual FSQ layer (see ``ResidualFSQ``): (quantized like x, {"indices": int32}), indices shaped
+  like x without the channel axis, plus a last axis of size num_stages."""
+  width = dim if dim is not None else len(levels)
+  _check_axis(x, channel_axis, width, "dim" if dim is not None else "len(levels)")
+  z = _to_last(x, channel_axis)
+  if project_in is not None:
+    z = project_in(z)
+  residual = z.astype(compute_dtype(z.dtype))
+  total = jnp.zeros_like(residual)
+  indices = []
+  for scale in residual_scales(levels, num_stages):
+    codes, stage_indices = quantize_with_indices(residual / scale, levels, eps, symmetric=symmetric)
+    indices.append(stage_indices)
+    stage = codes * scale
+    residual = residual - jax.lax.stop_gradient(stage)
+    total = total + stage
+  out = project_out(total) if project_out is not None else total
+  return _from_last(out.astype(x.dtype), channel_axis), {"indices": jnp.stack(indices, -1)}
+
+
+def residual_fsq_decode(
+  indices: jax.Array,
+  levels: tuple[int, ...],
+  num_stages: int,
+  channel_axis: int,
+  symmetric: bool,
+  project_out: Projection,
+  dtype=jnp.float32,
+) -> jax.Array:
+  """Quantized vectors from (..., k) stage indices, k <= num_stages (the first k stages)."""
+  k = indices.shape[-1]
+  if not 1 <= k <= num_stages:
+    raise ValueError(f"indices of shape {indices.shape} must have 1 to num_stages = {num_stages} stages last")
+  codes = indices_to_codes(indices, levels, symmetric=symmetric)
+  total = jnp.sum(codes * residual_scales(levels, k), axis=-2)
+  out = project_out(total) if project_out is not None else total
+  return _from_last(out.astype(dtype), channel_axis)
 
 
 class FSQ(nn.Module):
@@ -82,7 +200,7 @@ class FSQ(nn.Module):
   eps: float = 1e-3
 
   def setup(self):
-    self._levels = _check_module_fields(self.levels, self.num_codebooks, self.dim)
+    self._levels = check_module_fields(self.levels, self.num_codebooks, self.dim)
     check_eps(self.eps)
     self.code_width = self.num_codebooks * len(self._levels)
     self.projected = self.dim is not None and self.dim != self.code_width
@@ -94,45 +212,30 @@ class FSQ(nn.Module):
   def codebook_size(self) -> int:
     return codebook_size(self.levels)
 
+  def _projections(self):
+    return (self.project_in, self.project_out) if self.projected else (None, None)
+
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x.
-
-    Args:
-      x: float array with ``dim`` (or the quantized width) channels on ``channel_axis``.
-
-    Returns:
-      quantized: same shape and dtype as x.
-      aux: ``indices`` int32, shaped like x without the channel axis when num_codebooks == 1, else
-        with the codebook axis (size num_codebooks) in place of the channel axis; ``codes``, the
-        grid values before the output projection, with the quantized width on the channel axis.
-        No loss: see the class docstring.
-    """
-    width = self.dim if self.dim is not None else self.code_width
-    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "the quantized width")
-    z = _to_last(x, self.channel_axis)
-    if self.projected:
-      z = self.project_in(z)
-    z = z.reshape(*z.shape[:-1], self.num_codebooks, len(self._levels))
-    codes, indices = quantize_with_indices(z, self._levels, self.eps, symmetric=self.symmetric)
-    codes = codes.reshape(*codes.shape[:-2], self.code_width)
-    out = self.project_out(codes) if self.projected else codes
-    return _from_last(out.astype(x.dtype), self.channel_axis), {
-      "indices": self._place_indices(indices),
-      "codes": _from_last(codes, self.channel_axis),
-    }
-
-  def _place_indices(self, indices: jax.Array) -> jax.Array:
-    if self.num_codebooks == 1:
-      return indices[..., 0]
-    return _from_last(indices, self.channel_axis)
+    """Quantizes x: ``fsq_forward`` (its docstring gives the shapes)."""
+    project_in, project_out = self._projections()
+    return fsq_forward(
+      x,
+      self._levels,
+      self.num_codebooks,
+      self.dim,
+      self.channel_axis,
+      self.symmetric,
+      self.eps,
+      project_in,
+      project_out,
+    )
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Quantized vectors of indices (the inverse of ``__call__``'s indices), in ``dtype``."""
-    indices = _to_last(indices, self.channel_axis) if self.num_codebooks > 1 else indices[..., None]
-    codes = indices_to_codes(indices, self._levels, symmetric=self.symmetric, dtype=jnp.float32)
-    codes = codes.reshape(*codes.shape[:-2], self.code_width)
-    out = self.project_out(codes) if self.projected else codes
-    return _from_last(out.astype(dtype), self.channel_axis)
+    project_out = self._projections()[1]
+    return fsq_decode(
+      indices, self._levels, self.num_codebooks, self.channel_axis, self.symmetric, project_out, dtype
+    )
 
 
 class ResidualFSQ(nn.Module):
@@ -160,7 +263,7 @@ class ResidualFSQ(nn.Module):
   eps: float = 1e-3
 
   def setup(self):
-    self._levels = _check_module_fields(self.levels, 1, self.dim)
+    self._levels = check_module_fields(self.levels, 1, self.dim)
     check_eps(self.eps)
     if not isinstance(self.num_stages, int) or self.num_stages < 1:
       raise ValueError(f"num_stages must be an integer >= 1, got {self.num_stages!r}")
@@ -170,46 +273,30 @@ class ResidualFSQ(nn.Module):
       self.project_in = nn.Dense(width, name="project_in")
       self.project_out = nn.Dense(self.dim, name="project_out")
 
-  def _scales(self, num: int) -> jax.Array:
-    """(num, d) float32 stage scales (levels - 1) ** -k."""
-    L = np.asarray(self._levels, np.float64)
-    return jnp.asarray((L - 1) ** -np.arange(num)[:, None], jnp.float32)
+  def _projections(self):
+    return (self.project_in, self.project_out) if self.projected else (None, None)
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x: returns (quantized like x, {"indices": int32 with a trailing stage axis}).
-
-    Indices have x's shape without the channel axis, plus a last axis of size num_stages.
-    """
-    width = self.dim if self.dim is not None else len(self._levels)
-    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "len(levels)")
-    z = _to_last(x, self.channel_axis)
-    if self.projected:
-      z = self.project_in(z)
-    residual = z.astype(compute_dtype(z.dtype))
-    total = jnp.zeros_like(residual)
-    indices = []
-    for scale in self._scales(self.num_stages):
-      codes, stage_indices = quantize_with_indices(
-        residual / scale, self._levels, self.eps, symmetric=self.symmetric
-      )
-      indices.append(stage_indices)
-      stage = codes * scale
-      residual = residual - jax.lax.stop_gradient(stage)
-      total = total + stage
-    out = self.project_out(total) if self.projected else total
-    return _from_last(out.astype(x.dtype), self.channel_axis), {"indices": jnp.stack(indices, -1)}
+    """Quantizes x: ``residual_fsq_forward``."""
+    project_in, project_out = self._projections()
+    return residual_fsq_forward(
+      x,
+      self._levels,
+      self.num_stages,
+      self.dim,
+      self.channel_axis,
+      self.symmetric,
+      self.eps,
+      project_in,
+      project_out,
+    )
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Quantized vectors from (..., k) stage indices, k <= num_stages (the first k stages)."""
-    k = indices.shape[-1]
-    if not 1 <= k <= self.num_stages:
-      raise ValueError(
-        f"indices of shape {indices.shape} must have 1 to num_stages = {self.num_stages} stages last"
-      )
-    codes = indices_to_codes(indices, self._levels, symmetric=self.symmetric)
-    total = jnp.sum(codes * self._scales(k), axis=-2)
-    out = self.project_out(total) if self.projected else total
-    return _from_last(out.astype(dtype), self.channel_axis)
+    project_out = self._projections()[1]
+    return residual_fsq_decode(
+      indices, self._levels, self.num_stages, self.channel_axis, self.symmetric, project_out, dtype
+    )
 
 
 def lfq_entropy_terms(z: jax.Array, temperature: float, group_bits: int) -> tuple[jax.Array, jax.Array]:
@@ -248,6 +335,76 @@ def lfq_entropy_terms(z: jax.Array, temperature: float, group_bits: int) -> tupl
   return per_sample, codebook
 
 
+class LFQLoss(NamedTuple):
+  """LFQ's auxiliary-loss settings (see ``LFQ``)."""
+
+  entropy_loss_weight: float = 0.1
+  diversity_weight: float = 1.0
+  commitment_loss_weight: float = 0.25
+  temperature: float = 0.01
+  entropy_group_bits: int = 10
+
+
+def check_lfq_fields(num_bits: int, dim: int | None, loss: LFQLoss) -> None:
+  if not isinstance(num_bits, int) or not 1 <= num_bits <= 30:
+    raise ValueError(f"num_bits must be an integer in [1, 30], got {num_bits!r}")
+  if not isinstance(loss.entropy_group_bits, int) or not 1 <= loss.entropy_group_bits <= 16:
+    raise ValueError(f"entropy_group_bits must be an integer in [1, 16], got {loss.entropy_group_bits!r}")
+  if not loss.temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {loss.temperature!r}")
+  check_module_fields([2] * num_bits, 1, dim)
+
+
+def lfq_forward(
+  x: jax.Array,
+  num_bits: int,
+  dim: int | None,
+  channel_axis: int,
+  loss: LFQLoss,
+  project_in: Projection,
+  project_out: Projection,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The LFQ layer (see ``LFQ``).
+
+  Returns:
+    quantized: like x.
+    aux: ``indices`` (int32, x's shape without the channel axis), ``loss`` (the weighted sum), and
+      its parts ``entropy_loss``, ``per_sample_entropy``, ``codebook_entropy``, ``commitment_loss``.
+  """
+  width = dim if dim is not None else num_bits
+  _check_axis(x, channel_axis, width, "dim" if dim is not None else "num_bits")
+  z = _to_last(x, channel_axis)
+  if project_in is not None:
+    z = project_in(z)
+  z = z.astype(compute_dtype(z.dtype))
+  codes = jnp.where(z > 0, 1.0, -1.0).astype(z.dtype)
+  quantized = z + jax.lax.stop_gradient(codes - z)
+  indices = digits_to_indices((codes > 0).astype(jnp.int32), [2] * num_bits, check=False)
+  flat = z.reshape(-1, num_bits)
+  per_sample, codebook = lfq_entropy_terms(flat, loss.temperature, loss.entropy_group_bits)
+  entropy_loss = per_sample - loss.diversity_weight * codebook
+  commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(codes)))
+  total = loss.entropy_loss_weight * entropy_loss + loss.commitment_loss_weight * commitment
+  out = project_out(quantized) if project_out is not None else quantized
+  return _from_last(out.astype(x.dtype), channel_axis), {
+    "indices": indices,
+    "loss": total,
+    "entropy_loss": entropy_loss,
+    "per_sample_entropy": per_sample,
+    "codebook_entropy": codebook,
+    "commitment_loss": commitment,
+  }
+
+
+def lfq_decode(
+  indices: jax.Array, num_bits: int, channel_axis: int, project_out: Projection, dtype=jnp.float32
+) -> jax.Array:
+  """Quantized vectors of LFQ indices: (...) int -> x-like ``dtype`` array."""
+  codes = indices_to_codes(indices, [2] * num_bits, symmetric=True)
+  out = project_out(codes) if project_out is not None else codes
+  return _from_last(out.astype(dtype), channel_axis)
+
+
 class LFQ(nn.Module):
   """Lookup-free quantization (MAGVIT-v2): each channel is quantized to {-1, +1} by its sign.
 
@@ -277,52 +434,31 @@ class LFQ(nn.Module):
   entropy_group_bits: int = 10
 
   def setup(self):
-    if not isinstance(self.num_bits, int) or not 1 <= self.num_bits <= 30:
-      raise ValueError(f"num_bits must be an integer in [1, 30], got {self.num_bits!r}")
-    if not isinstance(self.entropy_group_bits, int) or not 1 <= self.entropy_group_bits <= 16:
-      raise ValueError(f"entropy_group_bits must be an integer in [1, 16], got {self.entropy_group_bits!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-    _check_module_fields([2] * self.num_bits, 1, self.dim)
+    check_lfq_fields(self.num_bits, self.dim, self._loss_weights())
     self.projected = self.dim is not None and self.dim != self.num_bits
     if self.projected:
       self.project_in = nn.Dense(self.num_bits, name="project_in")
       self.project_out = nn.Dense(self.dim, name="project_out")
 
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x.
+  def _projections(self):
+    return (self.project_in, self.project_out) if self.projected else (None, None)
 
-    Returns:
-      quantized: like x.
-      aux: ``indices`` (int32, x's shape without the channel axis), ``loss`` (the weighted sum), and
-        its parts ``entropy_loss``, ``per_sample_entropy``, ``codebook_entropy``, ``commitment_loss``.
-    """
-    width = self.dim if self.dim is not None else self.num_bits
-    _check_axis(x, self.channel_axis, width, "dim" if self.dim is not None else "num_bits")
-    z = _to_last(x, self.channel_axis)
-    if self.projected:
-      z = self.project_in(z)
-    z = z.astype(compute_dtype(z.dtype))
-    codes = jnp.where(z > 0, 1.0, -1.0).astype(z.dtype)
-    quantized = z + jax.lax.stop_gradient(codes - z)
-    indices = digits_to_indices((codes > 0).astype(jnp.int32), [2] * self.num_bits, check=False)
-    flat = z.reshape(-1, self.num_bits)
-    per_sample, codebook = lfq_entropy_terms(flat, self.temperature, self.entropy_group_bits)
-    entropy_loss = per_sample - self.diversity_weight * codebook
-    commitment = jnp.mean(jnp.square(z - jax.lax.stop_gradient(codes)))
-    loss = self.entropy_loss_weight * entropy_loss + self.commitment_loss_weight * commitment
-    out = self.project_out(quantized) if self.projected else quantized
-    return _from_last(out.astype(x.dtype), self.channel_axis), {
-      "indices": indices,
-      "loss": loss,
-      "entropy_loss": entropy_loss,
-      "per_sample_entropy": per_sample,
-      "codebook_entropy": codebook,
-      "commitment_loss": commitment,
-    }
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes x: ``lfq_forward``."""
+    project_in, project_out = self._projections()
+    return lfq_forward(
+      x, self.num_bits, self.dim, self.channel_axis, self._loss_weights(), project_in, project_out
+    )
+
+  def _loss_weights(self) -> LFQLoss:
+    return LFQLoss(
+      self.entropy_loss_weight,
+      self.diversity_weight,
+      self.commitment_loss_weight,
+      self.temperature,
+      self.entropy_group_bits,
+    )
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Quantized vectors of indices: (...) int -> x-like ``dtype`` array."""
-    codes = indices_to_codes(indices, [2] * self.num_bits, symmetric=True)
-    out = self.project_out(codes) if self.projected else codes
-    return _from_last(out.astype(dtype), self.channel_axis)
+    return lfq_decode(indices, self.num_bits, self.channel_axis, self._projections()[1], dtype)
