@@ -3,6 +3,7 @@ only, and the same parameters as flax.linen.Conv."""
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -108,5 +109,5 @@ def test_module_has_flax_conv_parameters_and_outputs():
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 6, 6, 3)), jnp.float32)
   ours, theirs = Conv(5, (3, 3)), nn.Conv(5, (3, 3))
   params = theirs.init(jax.random.key(0), x)
-  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+  chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(0), x), params)
   np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-6, atol=1e-6)

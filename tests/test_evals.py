@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -236,8 +237,7 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(
   whole = restore_to_host(tmp_path / "tok" / "checkpoints" / "2")
   part = restore_stage_one(resumed, ("ema_params", "model_state"))
   assert set(part) == {"ema_params", "model_state"} < set(whole)
-  for a, b in zip(jax.tree.leaves(part["ema_params"]), jax.tree.leaves(whole["ema_params"]), strict=True):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(part["ema_params"], whole["ema_params"])
   with pytest.raises(ValueError, match=r"has no \['emma_params'\]; it has \[.*'ema_params'"):
     restore_stage_one(resumed, ("emma_params",))
   resumed.tokenizer_step = 3

@@ -7,6 +7,7 @@ import pickle
 import zipfile
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,7 +88,7 @@ def test_params_cover_the_weights_file():
   images = jax.ShapeDtypeStruct((1, inception.SIZE, inception.SIZE, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: inception.InceptionV3().init(jax.random.key(0), x), images)["params"]
   ours = inception.inception_params(arrays)
-  assert jax.tree.map(lambda a: a.shape, ours) == jax.tree.map(lambda a: a.shape, shapes)
+  chex.assert_trees_all_equal_shapes(ours, shapes)
 
 
 def test_resize_is_tf1_bilinear():

@@ -1,6 +1,7 @@
 """Memory settings: bfloat16 compute (float32 parameters, losses and FSQ arithmetic) and per-block
 rematerialisation, on tiny versions of every model family."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,8 +41,7 @@ def _assert_same_trees(a, b, rtol, atol=1e-7):
   """Equal leaves; equal structure too, unless the trees carry optimizers (a state's static ``tx``)."""
   if not hasattr(a, "tx"):
     assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+  chex.assert_trees_all_close(jax.tree.leaves(a), jax.tree.leaves(b), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("family", ["vqgan", "transformer", "uvim"])

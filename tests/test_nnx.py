@@ -3,6 +3,7 @@ outputs, indices, auxiliary losses, decodes and gradients."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,11 +71,10 @@ def test_nnx_modules_match_linen_outputs_decodes_and_gradients(name):
   if name != "fsq_nchw":
     linen_grads = jax.jit(jax.grad(lambda v: loss(*linen.apply(v, x))))(variables)["params"]
     nnx_grads = nnx.jit(nnx.grad(lambda m, x: loss(*m(x))))(module, x)
-    for layer in ("project_in", "project_out"):
-      for param in ("kernel", "bias"):
-        np.testing.assert_allclose(
-          getattr(getattr(nnx_grads, layer), param)[...], linen_grads[layer][param], rtol=1e-5, atol=2e-5
-        )
+    ours = {
+      layer: {p: getattr(nnx_grads, layer)[p][...] for p in ("kernel", "bias")} for layer in linen_grads
+    }
+    chex.assert_trees_all_close(ours, linen_grads, rtol=1e-5, atol=2e-5)
 
 
 def test_projections_need_rngs_and_fields_are_checked():

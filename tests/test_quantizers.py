@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -173,11 +174,39 @@ def test_levels_for_codebook_size_properties(target):
   assert abs(math.log(q.codebook_size(levels) / target)) < math.log(1.25)
 
 
-def test_jit_vmap_and_sharded_inputs_agree():
+class VariantsTest(chex.TestCase):
+  """Codes, indices and the straight-through gradient against the float64 reference, called eagerly,
+  under jit and under pmap over the 8 CPU devices (chex variants)."""
+
+  @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+  def test_codes_indices_and_gradient_match_the_reference(self):
+    levels = (8, 5, 5, 5)
+    z = np.random.default_rng(3).normal(size=(256, 4)) * 3
+
+    def codes_indices_gradient(z):
+      codes, indices = q.quantize_with_indices(z, levels)
+      chex.assert_shape(indices, z.shape[:-1])
+      return codes, indices, jax.grad(lambda z: jnp.sum(q.quantize(z, levels)))(z)
+
+    codes, indices, grad = self.variant(codes_indices_gradient)(jnp.asarray(z, jnp.float32))
+    chex.assert_type([codes, indices, grad], [jnp.float32, jnp.int32, jnp.float32])
+    ok = far_from_rounding_boundary(z, levels, False)
+    assert ok.mean() > 0.9
+    expected = ref.quantize(z, levels)
+    np.testing.assert_allclose(np.asarray(codes)[ok], expected[ok], atol=1e-6)
+    center = ref.grid_step_divisor(levels)
+    digits = np.round(expected * center + center).astype(np.int64)
+    np.testing.assert_array_equal(
+      np.asarray(indices)[ok], np.ravel_multi_index(digits.T, levels, order="F")[ok]
+    )
+    expected_grad = ref.bound_derivative(z, levels) / center
+    np.testing.assert_allclose(np.asarray(grad), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_vmap_and_sharded_inputs_agree():
   levels = [8, 5, 5, 5]
   z = jax.random.normal(jax.random.key(1), (64, 4)) * 3
   expected = q.quantize(z, levels)
-  np.testing.assert_array_equal(jax.jit(q.quantize, static_argnums=1)(z, tuple(levels)), expected)
   np.testing.assert_array_equal(jax.vmap(lambda r: q.quantize(r, levels))(z), expected)
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
   sharded = jax.device_put(z, NamedSharding(mesh, PartitionSpec("data")))
