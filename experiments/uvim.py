@@ -5,7 +5,10 @@
 For each task, stage I (restricted oracle + base model: the task metric with oracle codes, codebook usage
 over the evaluation split) and stage II (the VTT's greedy codes decoded by stage I: the task metric, and
 the usage of the generated codes) for FSQ, UViM's VQ with splitting, and VQ without splitting (the
-paper's ablation); panoptic also without context (oracle and base model without the image). At CPU scale
+paper's ablation); panoptic also without context (oracle and base model without the image). Stage II
+runs three times per arm (seeds 0, 1, 2: ``{arm}_lm``, ``{arm}_lm_seed1``, ``{arm}_lm_seed2``) on the same
+stage I, and the table shows the mean and standard deviation over the seeds, as the paper reports the
+mean of three stage II runs. At CPU scale
 the runs are configs/uvim.py's run=cpu twins on the synthetic scenes (64 px, 8x8 codes, 2000 steps each);
 colorization is scored with FID between the stage II colourings and the real images of the evaluation
 split (all 500 test scenes at CPU scale, 5000 images at paper scale) on the standard Inception network.
@@ -22,12 +25,16 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from experiments.common import (
+  MISSING,
   PERCENT,
   Results,
   Run,
   cell,
   check_scale,
+  formatted,
   markdown_table,
   pyplot,
   save_figure,
@@ -35,6 +42,7 @@ from experiments.common import (
 )
 from fsq.train.files import run_path
 
+SEEDS = (0, 1, 2)  # stage II runs per arm, as the paper's three (Table 2 reports their mean)
 CPU_COLOR_FID_IMAGES = 500  # the whole test split of synthetic_scenes/64
 PAPER_COLOR_FID_IMAGES = 5000  # FID-5k
 
@@ -94,15 +102,44 @@ def runs(scale: str) -> list[Run]:
     spec = f"configs/uvim.py:stage={{}},task={task.key},quantizer={quantizer},context={context},run={run}"
     oracle = Run(run_name(task, quantizer, context, "oracle"), spec.format("oracle"))
     color = task.key == "colorization"
-    lm = Run(
-      run_name(task, quantizer, context, "lm"),
-      spec.format("lm"),
-      depends_on=oracle.name,
-      metrics=("color_fid",) if color else (),
-      num_images=images if color else None,
-    )
-    out += [oracle, lm]
+    lms = [
+      Run(
+        seed_name(run_name(task, quantizer, context, "lm"), seed),
+        spec.format("lm"),
+        (f"seed={seed}",) if seed else (),
+        depends_on=oracle.name,
+        metrics=("color_fid",) if color else (),
+        num_images=images if color else None,
+      )
+      for seed in SEEDS
+    ]
+    out += [oracle, *lms]
   return out
+
+
+def seed_name(name: str, seed: int) -> str:
+  """The run of stage II with ``seed``: seed 0 keeps the name, the others add '_seed{seed}'."""
+  return name if seed == 0 else f"{name}_seed{seed}"
+
+
+def over_seeds(results: Results, name: str, key: str, spec: str) -> str:
+  """A stage II cell over the seeds that have ``key``: 'mean ± standard deviation (n)' from two seeds, the
+  value from one; blank when seed runs have results without ``key``, MISSING when none has results."""
+  values = [value(results, seed_name(name, seed), key) for seed in SEEDS]
+  values = [v for v in values if v is not None]
+  if not values:
+    return "" if any(seed_name(name, seed) in results for seed in SEEDS) else MISSING
+  if len(values) == 1:
+    return formatted(values[0], spec)
+  mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
+  return f"{formatted(mean, spec)} \u00b1 {formatted(std, spec)} ({len(values)})"
+
+
+def seed_mean(results: Results, name: str, key: str) -> float | None:
+  """The mean of ``key`` over the seeds of stage II run ``name`` that have it; None if none has."""
+  values = [value(results, seed_name(name, seed), key) for seed in SEEDS]
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
 
 
 def _stage_one_metric(task: Task) -> str:
@@ -125,7 +162,8 @@ HEADER = [
 
 def table(runs: Sequence[Run], results: Results) -> str:
   """One row per (task, quantizer, context). Stage I's metric uses the oracle's own codes (colorization:
-  PSNR in dB); stage II's uses the VTT's greedy codes; usage is over the evaluation split."""
+  PSNR in dB); stage II's uses the VTT's greedy codes, over the seeds that have results (``over_seeds``);
+  usage is over the evaluation split."""
   rows = []
   for task, quantizer, context in arms():
     one, two = run_name(task, quantizer, context, "oracle"), run_name(task, quantizer, context, "lm")
@@ -139,8 +177,8 @@ def table(runs: Sequence[Run], results: Results) -> str:
         f"{task.metric_label if task.key != 'colorization' else 'PSNR (dB)'}: "
         + cell(results, one, _stage_one_metric(task), stage_one_spec),
         cell(results, one, "codebook/usage", PERCENT),
-        f"{task.metric_label}: " + cell(results, two, task.metric, task.spec),
-        cell(results, two, "codebook/usage", PERCENT),
+        f"{task.metric_label}: " + over_seeds(results, two, task.metric, task.spec),
+        over_seeds(results, two, "codebook/usage", PERCENT),
         "" if paper_metric is None else format(paper_metric, task.spec),
         "" if paper_usage is None else format(paper_usage, ".2%"),
       ]
@@ -155,7 +193,7 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
   labels = [label for _, label in QUANTIZERS]
   for column, task in enumerate(TASKS):
     metric_ax, usage_ax = axes[0, column], axes[1, column]
-    stage_two = [value(results, run_name(task, q, "on", "lm"), task.metric) for q, _ in QUANTIZERS]
+    stage_two = [seed_mean(results, run_name(task, q, "on", "lm"), task.metric) for q, _ in QUANTIZERS]
     usage = [value(results, run_name(task, q, "on", "oracle"), "codebook/usage") for q, _ in QUANTIZERS]
     scale = 100.0 if task.key == "panoptic" else 1.0
     metric_ax.bar(labels, [scale * (v if v is not None else float("nan")) for v in stage_two])

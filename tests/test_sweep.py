@@ -398,17 +398,21 @@ def test_uvim_experiment_runs_each_task_and_quantizer_through_both_stages(scale)
   common.check_runs(list(runs.values()))
   names = [f"{t}_{q}" for t in ("depth", "panoptic", "colorization") for q in ("fsq", "vq", "vq_nosplit")]
   names += ["panoptic_fsq_nocontext", "panoptic_vq_nocontext"]
-  assert sorted(runs) == sorted(f"{n}_{stage}" for n in names for stage in ("oracle", "lm"))
+  stage_two = [f"{n}_lm{seed}" for n in names for seed in ("", "_seed1", "_seed2")]  # three stage II seeds
+  assert sorted(runs) == sorted([f"{n}_oracle" for n in names] + stage_two)
   for name, run in runs.items():
     path, arg = run.config.split(":", 1)
     config = get_uvim_config(arg)
     validate_config(config)
     assert path == "configs/uvim.py" and f"run={'cpu' if scale == 'cpu' else 'paper'}" in arg
-    assert config.task == ("uvim_oracle" if name.endswith("oracle") else "uvim_lm")
+    lm = "_lm" in name
+    assert config.task == ("uvim_lm" if lm else "uvim_oracle")
     assert config.model.context == ("nocontext" not in name)
-    if name.endswith("_lm"):
-      assert run.depends_on == name.removesuffix("_lm") + "_oracle"
-    colour = name.startswith("colorization") and name.endswith("_lm")
+    if lm:
+      assert run.depends_on == name.split("_lm")[0] + "_oracle"
+      seed = int(name.rsplit("_seed", 1)[1]) if "_seed" in name else 0
+      assert run.overrides == ((f"seed={seed}",) if seed else ())
+    colour = name.startswith("colorization") and lm
     assert run.metrics == (("color_fid",) if colour else ())
     assert run.num_images == ((500 if scale == "cpu" else 5000) if colour else None)
   assert runs["depth_vq_nosplit_oracle"].config.endswith(
@@ -421,6 +425,8 @@ def test_uvim_table_and_figure(tmp_path):
   results = {
     "depth_fsq_oracle": {"depth/rmse": 0.25, "codebook/usage": 0.995},
     "depth_fsq_lm": {"depth/rmse": 0.51234, "codebook/usage": 0.5},
+    "depth_fsq_lm_seed1": {"depth/rmse": 0.6, "codebook/usage": 0.7},
+    "depth_vq_lm_seed2": {"depth/rmse": 0.5},
     "panoptic_vq_lm": {"pq/all_pq": 0.4321},
     "colorization_fsq_oracle": {"color/psnr": 21.256},
     "colorization_fsq_lm": {"color_fid": 33.333},
@@ -429,14 +435,17 @@ def test_uvim_table_and_figure(tmp_path):
   cells = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()[2:]]
   rows = {tuple(row[:3]): row[3:] for row in cells}
   assert len(rows) == len(cells) == 11
+  # Stage II: the mean and standard deviation over the seeds with results: (0.51234 + 0.6) / 2 and
+  # |0.6 - 0.51234| / sqrt(2); usage (0.5 + 0.7) / 2 and 0.2 / sqrt(2). One seed: its value.
   assert rows[("depth", "FSQ", "on")] == [
     "RMSE (m): 0.250",
     "99.5%",
-    "RMSE (m): 0.512",
-    "50.0%",
+    "RMSE (m): 0.556 \u00b1 0.062 (2)",
+    "60.0% \u00b1 14.1% (2)",
     "0.473",
     "99.00%",
   ]
+  assert rows[("depth", "VQ", "on")][2:4] == ["RMSE (m): 0.500", ""]
   assert rows[("panoptic", "VQ", "on")] == [
     "PQ: \u2013",
     MISSING,
