@@ -1,1 +1,5 @@
 """Datasets: offline readers and (later) TFDS builders and Grain pipelines."""
+
+from fsq.extras import require
+
+require("train", "fsq.data")

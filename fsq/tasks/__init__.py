@@ -1,6 +1,11 @@
 """Model families as tasks for the generic loop; ``build_task(config)`` picks one by ``config.task``."""
 
+# ruff: noqa: E402 (the [train] extra is checked before the imports that need it)
 from __future__ import annotations
+
+from fsq.extras import require
+
+require("train", "fsq.tasks")
 
 import copy
 from pathlib import Path
