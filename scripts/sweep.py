@@ -65,6 +65,25 @@ def train_command(run: Run, directory: Path, overrides: Sequence[str]) -> list[s
   return [sys.executable, "-m", "scripts.train", *args]
 
 
+def check_config(run: Run, train: Sequence[str]) -> None:
+  """Parses ``train``'s --config flags (a train_command) here as scripts.train parses them and validates the
+  config, so that a typo in a run's config or overrides stops the sweep before anything starts, not
+  hours in; a ValueError naming the run otherwise."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  from fsq.train.validate import validate_config
+
+  argv = ["sweep", *(a for a in train[3:] if a.startswith("--config"))]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  try:
+    values(argv)
+    validate_config(values.config)
+  except Exception as error:  # absl, ml_collections and validate_config raise several kinds
+    raise ValueError(f"run {run.name}: its config does not parse or validate: {error}") from error
+
+
 def evaluate_command(run: Run, directory: Path, python: str = sys.executable) -> list[str]:
   """scripts.evaluate for ``run``: its metrics (none: final_metrics.json only) into results.json."""
   command = [python, "-m", "scripts.evaluate", f"--workdir={directory / run.name}"]
@@ -325,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   log_dir = Path(log_dir).absolute()
   complete = {run.name for run in runs if (directory / run.name / "results.json").exists()}
   tpu = (args.tpu, args.zone, args.dry_run) if args.tpu else None
+  for run in runs:
+    check_config(run, train_command(run, directory, args.override))
   keep_log = not (args.print or args.dry_run)
   if keep_log:
     directory.mkdir(parents=True, exist_ok=True)

@@ -101,11 +101,12 @@ def test_tiny_sweep_trains_evaluates_skips_prints_and_tabulates(
 
 def test_a_failed_run_stops_the_sweep_naming_the_run_and_its_log(tmp_path, capsys):
   root = tmp_path / "runs"
-  assert sweep.main(["tiny", f"--root={root}", "--override=no_such_field=1"]) == 1
+  # A config that validates but cannot run: its dataset folder cannot be made.
+  assert sweep.main(["tiny", f"--root={root}", "--override=data.data_dir=/proc/no_such_dir"]) == 1
   out, err = capsys.readouterr()
   train_log = root / "tiny" / "cpu" / "tokenizer" / "train.log"
   assert f"FAILED: run tokenizer: train exited with status 1; log: {train_log}" in out
-  assert "no_such_field" in train_log.read_text() and f"last lines of {train_log}" in err
+  assert "/proc/no_such_dir" in train_log.read_text() and f"last lines of {train_log}" in err
   assert not (root / "tiny" / "cpu" / "transformer").exists()  # its dependency failed: never started
 
 
@@ -118,6 +119,7 @@ def test_sigterm_to_the_sweep_stops_its_runs_in_flight(tmp_path, monkeypatch, ca
     "time.sleep(120)\n"
   )
   monkeypatch.setattr(sweep, "train_command", lambda run, directory, overrides: [sys.executable, "-c", child])
+  monkeypatch.setattr(sweep, "check_config", lambda run, train: None)  # the child is no scripts.train
 
   def kill_when_started():
     while not started.exists():
@@ -213,6 +215,17 @@ def test_a_file_that_appears_late_on_a_shared_file_system_counts(tmp_path):
   begin = time.monotonic()
   assert sweep._appears(late, 10.0) and time.monotonic() - begin < 5
   assert not sweep._appears(tmp_path / "never", 0.3)
+
+
+def test_a_config_typo_or_bad_value_stops_the_sweep_before_anything_starts(tmp_path, capsys):
+  root = tmp_path / "runs"
+  with pytest.raises(ValueError, match=r"run fsq_8_stage1: its config does not parse .*\"learning_rate\""):
+    sweep.main(["codebook_size", f"--root={root}", "--override", "optimizer.lerning_rate=1e-3"])
+  with pytest.raises(
+    ValueError, match=r"run depth_fsq_oracle: .*num_train_steps must be a positive integer, got 0"
+  ):
+    sweep.main(["uvim", f"--root={root}", "--print", "--override", "num_train_steps=0"])
+  assert not root.exists() and capsys.readouterr().out == ""  # nothing started, made or printed
 
 
 def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
