@@ -4,6 +4,7 @@ install, and the wheel installed with the core dependencies alone runs the READM
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -74,9 +75,12 @@ def test_a_package_without_its_extra_names_it(package, extra, blocked):
 def test_the_wheel_with_core_dependencies_only_runs_the_readme_examples(tmp_path):
   """pip builds the wheel (py.typed, the license and the README inside), installs it into a fresh virtual
   environment with its core dependencies from the package index, and the README's examples run there."""
-  wheels = tmp_path / "wheels"
+  source, wheels = tmp_path / "source", tmp_path / "wheels"  # a copy: setuptools builds inside the tree
+  shutil.copytree(REPO / "fsq", source / "fsq", ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md", "LICENSE"):
+    shutil.copy(REPO / name, source / name)
   build = subprocess.run(
-    [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+    [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
     capture_output=True,
     text=True,
     timeout=600,
