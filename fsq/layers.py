@@ -59,18 +59,22 @@ def check_module_fields(levels: Levels, num_codebooks: int, dim: int | None) -> 
 Projection = Callable[[jax.Array], jax.Array] | None  # a Dense layer's call, or None for no projection
 
 
+class FSQSettings(NamedTuple):
+  """The checked fields of an FSQ layer (``groups``: its codebooks) or a residual FSQ layer (``groups``:
+  its stages), as the Linen and NNX modules pass them to the functions below."""
+
+  levels: tuple[int, ...]
+  groups: int
+  dim: int | None
+  channel_axis: int
+  symmetric: bool
+  eps: float
+
+
 def fsq_forward(
-  x: jax.Array,
-  levels: tuple[int, ...],
-  num_codebooks: int,
-  dim: int | None,
-  channel_axis: int,
-  symmetric: bool,
-  eps: float,
-  project_in: Projection,
-  project_out: Projection,
+  x: jax.Array, settings: FSQSettings, project_in: Projection, project_out: Projection
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """The FSQ layer (Linen ``FSQ`` and ``fsq.nnx.FSQ``) on checked fields and its projections.
+  """The FSQ layer (Linen ``FSQ`` and ``fsq.nnx.FSQ``) on its settings and projections.
 
   Args:
     x: float array with ``dim`` (or the quantized width, num_codebooks * len(levels)) channels on
@@ -83,6 +87,7 @@ def fsq_forward(
       grid values before the output projection, with the quantized width on the channel axis.
       No loss: see ``FSQ``.
   """
+  levels, num_codebooks, dim, channel_axis, symmetric, eps = settings
   code_width = num_codebooks * len(levels)
   width = dim if dim is not None else code_width
   _check_axis(x, channel_axis, width, "dim" if dim is not None else "the quantized width")
@@ -101,15 +106,10 @@ def fsq_forward(
 
 
 def fsq_decode(
-  indices: jax.Array,
-  levels: tuple[int, ...],
-  num_codebooks: int,
-  channel_axis: int,
-  symmetric: bool,
-  project_out: Projection,
-  dtype=jnp.float32,
+  indices: jax.Array, settings: FSQSettings, project_out: Projection, dtype=jnp.float32
 ) -> jax.Array:
   """Quantized vectors of ``fsq_forward``'s indices, in ``dtype``."""
+  levels, num_codebooks, _, channel_axis, symmetric, _ = settings
   indices = _to_last(indices, channel_axis) if num_codebooks > 1 else indices[..., None]
   codes = indices_to_codes(indices, levels, symmetric=symmetric, dtype=jnp.float32)
   codes = codes.reshape(*codes.shape[:-2], num_codebooks * len(levels))
@@ -124,18 +124,11 @@ def residual_scales(levels: tuple[int, ...], num: int) -> jax.Array:
 
 
 def residual_fsq_forward(
-  x: jax.Array,
-  levels: tuple[int, ...],
-  num_stages: int,
-  dim: int | None,
-  channel_axis: int,
-  symmetric: bool,
-  eps: float,
-  project_in: Projection,
-  project_out: Projection,
+  x: jax.Array, settings: FSQSettings, project_in: Projection, project_out: Projection
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The residual FSQ layer (see ``ResidualFSQ``): (quantized like x, {"indices": int32}), indices shaped
-  like x without the channel axis, plus a last axis of size num_stages."""
+  like x without the channel axis, plus a last axis of size num_stages (``settings.groups``)."""
+  levels, num_stages, dim, channel_axis, symmetric, eps = settings
   width = dim if dim is not None else len(levels)
   _check_axis(x, channel_axis, width, "dim" if dim is not None else "len(levels)")
   z = _to_last(x, channel_axis)
@@ -155,15 +148,10 @@ def residual_fsq_forward(
 
 
 def residual_fsq_decode(
-  indices: jax.Array,
-  levels: tuple[int, ...],
-  num_stages: int,
-  channel_axis: int,
-  symmetric: bool,
-  project_out: Projection,
-  dtype=jnp.float32,
+  indices: jax.Array, settings: FSQSettings, project_out: Projection, dtype=jnp.float32
 ) -> jax.Array:
   """Quantized vectors from (..., k) stage indices, k <= num_stages (the first k stages)."""
+  levels, num_stages, _, channel_axis, symmetric, _ = settings
   k = indices.shape[-1]
   if not 1 <= k <= num_stages:
     raise ValueError(f"indices of shape {indices.shape} must have 1 to num_stages = {num_stages} stages last")
@@ -212,30 +200,21 @@ class FSQ(nn.Module):
   def codebook_size(self) -> int:
     return codebook_size(self.levels)
 
+  def _settings(self) -> FSQSettings:
+    return FSQSettings(
+      self._levels, self.num_codebooks, self.dim, self.channel_axis, self.symmetric, self.eps
+    )
+
   def _projections(self):
     return (self.project_in, self.project_out) if self.projected else (None, None)
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Quantizes x: ``fsq_forward`` (its docstring gives the shapes)."""
-    project_in, project_out = self._projections()
-    return fsq_forward(
-      x,
-      self._levels,
-      self.num_codebooks,
-      self.dim,
-      self.channel_axis,
-      self.symmetric,
-      self.eps,
-      project_in,
-      project_out,
-    )
+    return fsq_forward(x, self._settings(), *self._projections())
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Quantized vectors of indices (the inverse of ``__call__``'s indices), in ``dtype``."""
-    project_out = self._projections()[1]
-    return fsq_decode(
-      indices, self._levels, self.num_codebooks, self.channel_axis, self.symmetric, project_out, dtype
-    )
+    return fsq_decode(indices, self._settings(), self._projections()[1], dtype)
 
 
 class ResidualFSQ(nn.Module):
@@ -273,30 +252,19 @@ class ResidualFSQ(nn.Module):
       self.project_in = nn.Dense(width, name="project_in")
       self.project_out = nn.Dense(self.dim, name="project_out")
 
+  def _settings(self) -> FSQSettings:
+    return FSQSettings(self._levels, self.num_stages, self.dim, self.channel_axis, self.symmetric, self.eps)
+
   def _projections(self):
     return (self.project_in, self.project_out) if self.projected else (None, None)
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Quantizes x: ``residual_fsq_forward``."""
-    project_in, project_out = self._projections()
-    return residual_fsq_forward(
-      x,
-      self._levels,
-      self.num_stages,
-      self.dim,
-      self.channel_axis,
-      self.symmetric,
-      self.eps,
-      project_in,
-      project_out,
-    )
+    return residual_fsq_forward(x, self._settings(), *self._projections())
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Quantized vectors from (..., k) stage indices, k <= num_stages (the first k stages)."""
-    project_out = self._projections()[1]
-    return residual_fsq_decode(
-      indices, self._levels, self.num_stages, self.channel_axis, self.symmetric, project_out, dtype
-    )
+    return residual_fsq_decode(indices, self._settings(), self._projections()[1], dtype)
 
 
 def lfq_entropy_terms(z: jax.Array, temperature: float, group_bits: int) -> tuple[jax.Array, jax.Array]:

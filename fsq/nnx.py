@@ -45,8 +45,7 @@ class FSQ(nnx.Module):
   ):
     self.levels = layers.check_module_fields(levels, num_codebooks, dim)
     check_eps(eps)
-    self.num_codebooks, self.dim, self.channel_axis = num_codebooks, dim, channel_axis
-    self.symmetric, self.eps = symmetric, eps
+    self.settings = layers.FSQSettings(self.levels, num_codebooks, dim, channel_axis, symmetric, eps)
     self.project_in, self.project_out = _projections(num_codebooks * len(self.levels), dim, rngs, "FSQ")
 
   @property
@@ -55,23 +54,11 @@ class FSQ(nnx.Module):
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Quantizes x: ``fsq.layers.fsq_forward`` (its docstring gives the shapes)."""
-    return layers.fsq_forward(
-      x,
-      self.levels,
-      self.num_codebooks,
-      self.dim,
-      self.channel_axis,
-      self.symmetric,
-      self.eps,
-      self.project_in,
-      self.project_out,
-    )
+    return layers.fsq_forward(x, self.settings, self.project_in, self.project_out)
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Quantized vectors of indices (the inverse of ``__call__``'s indices), in ``dtype``."""
-    return layers.fsq_decode(
-      indices, self.levels, self.num_codebooks, self.channel_axis, self.symmetric, self.project_out, dtype
-    )
+    return layers.fsq_decode(indices, self.settings, self.project_out, dtype)
 
 
 class ResidualFSQ(nnx.Module):
@@ -93,29 +80,16 @@ class ResidualFSQ(nnx.Module):
     check_eps(eps)
     if not isinstance(num_stages, int) or num_stages < 1:
       raise ValueError(f"num_stages must be an integer >= 1, got {num_stages!r}")
-    self.num_stages, self.dim, self.channel_axis = num_stages, dim, channel_axis
-    self.symmetric, self.eps = symmetric, eps
+    self.settings = layers.FSQSettings(self.levels, num_stages, dim, channel_axis, symmetric, eps)
     self.project_in, self.project_out = _projections(len(self.levels), dim, rngs, "ResidualFSQ")
 
   def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Quantizes x: ``fsq.layers.residual_fsq_forward``."""
-    return layers.residual_fsq_forward(
-      x,
-      self.levels,
-      self.num_stages,
-      self.dim,
-      self.channel_axis,
-      self.symmetric,
-      self.eps,
-      self.project_in,
-      self.project_out,
-    )
+    return layers.residual_fsq_forward(x, self.settings, self.project_in, self.project_out)
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Quantized vectors from (..., k) stage indices, k <= num_stages (the first k stages)."""
-    return layers.residual_fsq_decode(
-      indices, self.levels, self.num_stages, self.channel_axis, self.symmetric, self.project_out, dtype
-    )
+    return layers.residual_fsq_decode(indices, self.settings, self.project_out, dtype)
 
 
 class LFQ(nnx.Module):
