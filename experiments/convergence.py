@@ -29,10 +29,12 @@ SETTLED = 0.02  # a run has settled when its loss moved less than 2% over the la
 def series(
   records: Sequence[dict], split: str, keys: Sequence[str]
 ) -> tuple[str, np.ndarray, np.ndarray] | None:
-  """(key, steps [n], values [n]) of the first of ``keys`` that the ``split`` records carry, else None."""
+  """(key, steps [n], values [n]) of the first of ``keys`` that the ``split`` records carry, else None;
+  steps ascending, one value each (a step logged twice, by a resumed run, keeps its last record)."""
   rows = [r for r in records if r.get("split") == split]
   for key in keys:
-    points = [(r["step"], r[key]) for r in rows if key in r]
+    # by step, the last record of a step kept: a resumed run logs the steps after its checkpoint again
+    points = sorted({r["step"]: r[key] for r in rows if key in r}.items())
     if points:
       steps, values = np.asarray(points, dtype=np.float64).T
       return key, steps, values
@@ -109,8 +111,9 @@ def convergence_table(runs: Sequence[Run], run_dir: Path) -> str | None:
   return (
     "## Convergence\n\nTraining loss: the median over the last fifth of the steps against the fifth"
     f" before it. Spikes: logged losses (each a mean over the log interval) above {SPIKE_RATIO}x the one"
-    f" logged before, after the warm-up. Settled: under {SETTLED:.0%} change and no spike. Validation: the"
-    " last two evaluations.\n\n" + markdown_table(header, rows)
+    f" logged before, after the warm-up. Settled: under {SETTLED:.0%} change and no spike (with a learning"
+    " rate that decays to zero at the budget a small change is expected; the validation columns say how"
+    " much the model still moved). Validation: the last two evaluations.\n\n" + markdown_table(header, rows)
   )
 
 

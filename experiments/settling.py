@@ -2,8 +2,8 @@
 
   python -m scripts.sweep settling && python -m scripts.make_tables settling
 
-The codebook-size study trains each stage I for ``common.CPU_STEPS_STAGE_1`` (1000) steps, and its runs
-were still improving at the end. These runs repeat three of them with the same recipe over ``STEPS``
+The codebook-size study's first recipe trained each stage I for 1000 steps at a constant rate, and its
+runs were still improving at the end. These runs repeat three of them with the same recipe over ``STEPS``
 steps and validate every ``EVAL_EVERY`` steps on the whole test split: FSQ and MaskGIT's VQ at 2^8, and
 FSQ at 2^14, whose usage fell furthest short of the paper's. Stage I's learning rate is constant after
 its warm-up (``CONSTANT_RECIPE``, the recipe of that study), so each run repeats the study's run for its

@@ -123,14 +123,14 @@ def seed_name(name: str, seed: int) -> str:
 
 
 def over_seeds(results: Results, name: str, key: str, spec: str) -> str:
-  """A stage II cell over the seeds that have ``key``: 'mean ± standard deviation (n)' from two seeds, the
-  value from one; blank when seed runs have results without ``key``, MISSING when none has results."""
+  """A stage II cell over the seeds that have ``key``: 'mean ± standard deviation (n)' from two seeds,
+  'value (1)' from one; blank when seed runs have results without ``key``, MISSING when none has."""
   values = [value(results, seed_name(name, seed), key) for seed in SEEDS]
   values = [v for v in values if v is not None]
   if not values:
     return "" if any(seed_name(name, seed) in results for seed in SEEDS) else MISSING
   if len(values) == 1:
-    return formatted(values[0], spec)
+    return f"{formatted(values[0], spec)} (1)"
   mean, std = float(np.mean(values)), float(np.std(values, ddof=1))
   return f"{formatted(mean, spec)} \u00b1 {formatted(std, spec)} ({len(values)})"
 

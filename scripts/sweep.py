@@ -68,7 +68,8 @@ def train_command(run: Run, directory: Path, overrides: Sequence[str]) -> list[s
 def check_config(run: Run, train: Sequence[str]) -> None:
   """Parses ``train``'s --config flags (a train_command) here as scripts.train parses them and validates the
   config, so that a typo in a run's config or overrides stops the sweep before anything starts, not
-  hours in; a ValueError naming the run otherwise."""
+  hours in; a ValueError naming the run otherwise. The checks that need the run's devices are left to
+  scripts.train: this process starts no jax backend (on a TPU VM it would hold the chips)."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -79,7 +80,7 @@ def check_config(run: Run, train: Sequence[str]) -> None:
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
   try:
     values(argv)
-    validate_config(values.config)
+    validate_config(values.config, devices=False)
   except Exception as error:  # absl, ml_collections and validate_config raise several kinds
     raise ValueError(f"run {run.name}: its config does not parse or validate: {error}") from error
 

@@ -111,3 +111,19 @@ def test_module_has_flax_conv_parameters_and_outputs():
   params = theirs.init(jax.random.key(0), x)
   chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(0), x), params)
   np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_of_a_gradient_matches_lax():
+  """R1 differentiates a gradient: reverse over reverse through the product route equals lax's."""
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+
+  def penalty(conv):
+    def loss(w, x):
+      return jnp.sum(jnp.tanh(conv(x, w, (1, 1), "SAME", dimension_numbers=NHWC, precision=HIGHEST)))
+
+    return lambda x: jnp.sum(jax.grad(loss)(w, x) ** 2) + jnp.sum(jax.grad(loss, 1)(w, x) ** 2)
+
+  ours = jax.jit(jax.grad(penalty(products)))(x)
+  np.testing.assert_allclose(ours, jax.grad(penalty(jax.lax.conv_general_dilated))(x), rtol=1e-4, atol=1e-4)

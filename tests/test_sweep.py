@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -228,6 +229,25 @@ def test_a_config_typo_or_bad_value_stops_the_sweep_before_anything_starts(tmp_p
   assert not root.exists() and capsys.readouterr().out == ""  # nothing started, made or printed
 
 
+def test_the_config_check_starts_no_jax_backend(tmp_path):
+  """The sweep's controller checks every run's config without starting jax (on a TPU VM a backend in
+  the controller would hold the chips its runs need)."""
+  code = f"""
+import contextlib, io
+from jax._src import xla_bridge
+from scripts import sweep
+for name, scale in (("codebook_size", "cpu"), ("uvim", "paper"), ("maskgit_imagenet256", "paper")):
+  with contextlib.redirect_stdout(io.StringIO()):
+    assert sweep.main([name, "--scale", scale, "--root={tmp_path}", "--print"]) == 0
+print(xla_bridge.backends_are_initialized())
+"""
+  done = subprocess.run(
+    [sys.executable, "-c", code], cwd=sweep.REPO, capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
   argv = ["levels_sweep", f"--root={tmp_path}", "--levels", "8-8-8", "5-5-5-5-5", "--print"]
   assert sweep.main([*argv, "--only", "*_stage2"]) == 0
@@ -383,10 +403,16 @@ def test_spikes_count_rises_over_1_5x_after_the_warmup_recorded_in_config_json(t
   row = table_rows(convergence.convergence_table([Run("run", "configs/autoencoder.py")], tmp_path))["run"]
   assert row[2:5] == ["+0.0%", "no", "2"]  # flat at the end, but it spiked: not settled
   values[4] = values[5] = values[7] = values[8] = 1.0
+  # a resumed run logs steps 400 to 500 again after its step-350 checkpoint: the last record of a step counts
+  resumed = [{"step": s, "split": "train", "loss": 1.0} for s in (400, 450, 500)]
   records = [{"step": int(s), "split": "train", "loss": float(v)} for s, v in zip(steps, values, strict=True)]
+  records.insert(12, {"step": 450, "split": "train", "loss": 9.0})  # logged before the run was stopped
+  records[13:13] = resumed  # ... and again after it resumed
   (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   row = table_rows(convergence.convergence_table([Run("run", "configs/autoencoder.py")], tmp_path))["run"]
   assert row[2:5] == ["+0.0%", "yes", "0"]
+  _, logged, _ = convergence.series(records, "train", ("loss",))
+  np.testing.assert_array_equal(logged, steps)  # ascending, each step once
 
 
 def test_figures_are_written(tmp_path):
@@ -458,17 +484,17 @@ def test_uvim_table_and_figure(tmp_path):
     "0.473",
     "99.00%",
   ]
-  assert rows[("depth", "VQ", "on")][2:4] == ["RMSE (m): 0.500", ""]
+  assert rows[("depth", "VQ", "on")][2:4] == ["RMSE (m): 0.500 (1)", ""]
   assert rows[("panoptic", "VQ", "on")] == [
     "PQ: \u2013",
     MISSING,
-    "PQ: 43.2%",
+    "PQ: 43.2% (1)",
     "",  # the run has results, without this metric
     "43.4%",
     "100.00%",
   ]
   colour = rows[("colorization", "FSQ", "on")]
-  assert colour[0] == "PSNR (dB): 21.26" and colour[2] == "FID: 33.33" and colour[4] == "17.55"
+  assert colour[0] == "PSNR (dB): 21.26" and colour[2] == "FID: 33.33 (1)" and colour[4] == "17.55"
   assert rows[("depth", "VQ without splitting", "on")][4:] == ["0.490", "0.78%"]
   assert rows[("panoptic", "FSQ", "off")][4:] == ["40.2%", ""]
   assert [p.name for p in uvim.figures(runs, results, tmp_path)] == ["uvim.png"]

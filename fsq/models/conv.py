@@ -14,7 +14,9 @@ NHWC images, HWIO kernels, unit strides and dilations, one feature group, and at
 ``MIN_PRODUCT_ROWS`` output positions (batch x height x width). Anything else is
 ``jax.lax.conv_general_dilated`` itself: on small convolutions the two gradients take about the same time
 and the products cost more to compile (the unit tests' tiny models compiled 25% slower with them). The
-forward pass and the input gradient are XLA's own in every case. ``Conv`` is ``flax.linen.Conv`` with it
+forward pass and the input gradient are XLA's own in every case. Being a ``jax.custom_vjp``, the product
+route supports reverse-mode differentiation only (``jax.grad``, ``jax.vjp``, and so R1's gradient of a
+gradient), not ``jax.jvp``. ``Conv`` is ``flax.linen.Conv`` with it
 (the same parameters and names).
 """
 
@@ -72,12 +74,13 @@ def _backward(padding, precision, residuals, dy):
   x, w = residuals
   _, input_vjp = jax.vjp(lambda x: _conv(x, w, padding, precision), x)
   (dx,) = input_vjp(dy)
-  _, kernel_vjp = jax.vjp(lambda w: _conv(x, w, padding, precision), w)
+
+  def native(x, dy):
+    _, kernel_vjp = jax.vjp(lambda w: _conv(x, w, padding, precision), w)
+    return kernel_vjp(dy)[0]
+
   dw = jax.lax.platform_dependent(
-    x,
-    dy,
-    cpu=lambda x, dy: _kernel_grad_products(x, dy, w, padding),
-    default=lambda x, dy: kernel_vjp(dy)[0],
+    x, dy, cpu=lambda x, dy: _kernel_grad_products(x, dy, w, padding), default=native
   )
   return dx, dw
 
@@ -138,6 +141,8 @@ def conv_general_dilated(
     and batch_group_count == 1
     and preferred_element_type is None
     and lhs.dtype == rhs.dtype
+    and jnp.issubdtype(lhs.dtype, jnp.floating)
+    and lhs.dtype.itemsize <= 4  # the products accumulate in float32
   )
   if not simple:
     return native()

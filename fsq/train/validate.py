@@ -114,8 +114,10 @@ MODEL_CHECKS = {
 }
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for a config the loop cannot run."""
+def validate_config(config: ml_collections.ConfigDict, devices: bool = True) -> None:
+  """Raises ValueError for a config the loop cannot run. ``devices``: also check the mesh and the batch
+  against this process's jax devices and processes; False where the config will run elsewhere (a sweep's
+  controller, which must not start a jax backend: on a TPU VM that would hold the chips its runs need)."""
   if config.task not in MODEL_CHECKS:
     raise ValueError(f"config.task must be one of {tuple(MODEL_CHECKS)}, got {config.task!r}")
   for name in (
@@ -155,12 +157,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.remat must be True or False, got {config.remat!r}")
   if config.num_eval_batches != -1 and config.num_eval_batches < 1:
     raise ValueError(f"config.num_eval_batches must be -1 (all) or >= 1, got {config.num_eval_batches}")
-  data, fsdp, _ = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.model, jax.device_count())
-  if config.batch_size % (data * fsdp) or config.batch_size % jax.process_count():
-    raise ValueError(
-      f"config.batch_size = {config.batch_size} must be divisible by the data x fsdp devices ({data * fsdp}) "
-      f"and by the number of processes ({jax.process_count()})"
-    )
+  data = fsdp = 1
+  if devices:
+    data, fsdp, _ = mesh_shape(config.mesh.data, config.mesh.fsdp, config.mesh.model, jax.device_count())
+    if config.batch_size % (data * fsdp) or config.batch_size % jax.process_count():
+      raise ValueError(
+        f"config.batch_size = {config.batch_size} must be divisible by the data x fsdp devices "
+        f"({data * fsdp}) and by the number of processes ({jax.process_count()})"
+      )
   steps = config.get("accumulation_steps", 1)
   if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
     raise ValueError(f"config.accumulation_steps must be a positive integer, got {steps!r}")
