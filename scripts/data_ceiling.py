@@ -1,0 +1,49 @@
+"""The distinct token footprints of a run's dataset: how many codes its data can reach at most.
+
+  python -m scripts.data_ceiling --workdir runs/experiments/codebook_size/cpu/fsq_16_stage1 \
+    --out experiments/results/codebook_size/cpu/data_ceiling.json
+
+Reads the dataset and the tokenizer's downsampling factor from the run's recorded config
+(WORKDIR/config.json), reads its evaluation and training splits as evaluation does (no flips or random
+crops), and counts the distinct ``patch x patch`` pixel blocks of each (``fsq.evals.footprints``); prints
+the result and writes it to --out as JSON. A codebook larger than the distinct footprints cannot be used
+in full on that split; one far smaller can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="a stage I run's workdir, whose dataset is counted")
+  parser.add_argument("--out", type=Path, help="JSON file for the result")
+  args = parser.parse_args(argv)
+  from fsq.evals.footprints import footprint_stats
+  from fsq.train.data import InputPipeline
+  from fsq.train.files import write_text_atomically
+  from fsq.train.writers import read_config
+
+  config = read_config(args.workdir)
+  patch = 2 ** (len(config.model.channel_multipliers) - 1)
+  result = {}
+  for name, split in (("eval", config.data.eval_split), ("train", config.data.train_split)):
+    config.data.eval_split = split
+    pipeline = InputPipeline(config.data, config.batch_size, config.seed)
+    images = [b["image"][b["mask"] > 0] for b in pipeline.eval_batches()]
+    pixels = np.round((np.concatenate(images).astype(np.float64) + 1) * 127.5).astype(np.uint8)
+    result[name] = {"split": split, "patch": patch, **footprint_stats(pixels, patch)}
+  text = json.dumps(result, indent=2)
+  print(text)
+  if args.out is not None:
+    write_text_atomically(args.out, text + "\n")
+  return result
+
+
+if __name__ == "__main__":
+  main()
