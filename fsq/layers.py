@@ -200,6 +200,16 @@ class FSQ(nn.Module):
   def codebook_size(self) -> int:
     return codebook_size(self.levels)
 
+  @property
+  def latent_width(self) -> int:
+    """Channels of the input (and output): ``dim``, or the quantized width without a projection."""
+    return self.dim if self.dim is not None else self.num_codebooks * len(self.levels)
+
+  @property
+  def codebook_shape(self) -> tuple[int, int]:
+    """(codes per group, groups) of the indices: one index per codebook."""
+    return codebook_size(self.levels), self.num_codebooks
+
   def _settings(self) -> FSQSettings:
     return FSQSettings(
       self._levels, self.num_codebooks, self.dim, self.channel_axis, self.symmetric, self.eps
@@ -208,8 +218,10 @@ class FSQ(nn.Module):
   def _projections(self):
     return (self.project_in, self.project_out) if self.projected else (None, None)
 
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x: ``fsq_forward`` (its docstring gives the shapes)."""
+  def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes x: ``fsq_forward`` (its docstring gives the shapes). ``train`` changes nothing (the
+    grid is fixed); it is there so that every quantizer takes the same call."""
+    del train
     return fsq_forward(x, self._settings(), *self._projections())
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -252,14 +264,25 @@ class ResidualFSQ(nn.Module):
       self.project_in = nn.Dense(width, name="project_in")
       self.project_out = nn.Dense(self.dim, name="project_out")
 
+  @property
+  def latent_width(self) -> int:
+    """Channels of the input (and output): ``dim``, or ``len(levels)`` without a projection."""
+    return self.dim if self.dim is not None else len(self.levels)
+
+  @property
+  def codebook_shape(self) -> tuple[int, int]:
+    """(codes per stage, stages) of the indices: one index per stage."""
+    return codebook_size(self.levels), self.num_stages
+
   def _settings(self) -> FSQSettings:
     return FSQSettings(self._levels, self.num_stages, self.dim, self.channel_axis, self.symmetric, self.eps)
 
   def _projections(self):
     return (self.project_in, self.project_out) if self.projected else (None, None)
 
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x: ``residual_fsq_forward``."""
+  def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes x: ``residual_fsq_forward``. ``train`` changes nothing (as in ``FSQ``)."""
+    del train
     return residual_fsq_forward(x, self._settings(), *self._projections())
 
   def decode(self, indices: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -408,11 +431,22 @@ class LFQ(nn.Module):
       self.project_in = nn.Dense(self.num_bits, name="project_in")
       self.project_out = nn.Dense(self.dim, name="project_out")
 
+  @property
+  def latent_width(self) -> int:
+    """Channels of the input (and output): ``dim``, or ``num_bits`` without a projection."""
+    return self.dim if self.dim is not None else self.num_bits
+
+  @property
+  def codebook_shape(self) -> tuple[int, int]:
+    """(codes, groups) of the indices: 2^num_bits codes, one group."""
+    return 2**self.num_bits, 1
+
   def _projections(self):
     return (self.project_in, self.project_out) if self.projected else (None, None)
 
-  def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Quantizes x: ``lfq_forward``."""
+  def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Quantizes x: ``lfq_forward``. ``train`` changes nothing (its losses are returned either way)."""
+    del train
     project_in, project_out = self._projections()
     return lfq_forward(
       x, self.num_bits, self.dim, self.channel_axis, self._loss_weights(), project_in, project_out

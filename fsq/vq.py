@@ -323,6 +323,16 @@ class VectorQuantizer(nn.Module):
       e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
     return e
 
+  @property
+  def latent_width(self) -> int:
+    """Channels of the input: the codeword width."""
+    return self.dim
+
+  @property
+  def codebook_shape(self) -> tuple[int, int]:
+    """(codes, groups) of the indices: ``codebook_size`` codes, one group."""
+    return self.codebook_size, 1
+
   def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Quantizes x to its nearest codewords.
 

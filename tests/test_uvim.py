@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from fsq import layers, vq
+from fsq.bottlenecks import make_quantizer
 from fsq.models import uvim
-from fsq.models.autoencoder import make_quantizer
 
 SIZE, PATCH, CODE_GRID, OUT = 16, 4, 2, 3
 TINY = dict(

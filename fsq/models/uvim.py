@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from fsq import vq
-from fsq.models.autoencoder import apply_quantizer, latent_width
+from fsq.bottlenecks import Bottleneck
 from fsq.models.vit import POSEMB_TYPES, Encoder, ViT, add_position_embedding, patch_grid
 
 CODE_DROPOUT_MODES = ("none", "random", "prefix")
@@ -114,7 +114,7 @@ class UViM(nn.Module):
   ``mutable=["vq_stats"]`` and an rng named ``vq``; code dropout and transformer dropout use ``dropout``.
 
   Attributes:
-    quantizer: ``fsq.layers.FSQ`` or ``fsq.vq.VectorQuantizer`` (``make_quantizer("fsq" | "vq_uvim")``).
+    quantizer: any ``fsq.bottlenecks.Bottleneck``: FSQ, or UViM's VQ (``make_quantizer("vq_uvim")``).
     output_channels: C_out of the prediction.
     patch_size: p, side of the square patches of both ViTs.
     code_grid: side of the square code grid (16: 256 codes).
@@ -126,7 +126,7 @@ class UViM(nn.Module):
     head_zeroinit: zero kernel for the output head.
   """
 
-  quantizer: nn.Module
+  quantizer: Bottleneck
   output_channels: int
   patch_size: int = 16
   code_grid: int = 16
@@ -161,7 +161,7 @@ class UViM(nn.Module):
       **vit,
       name="oracle",
     )
-    self.encoder_head = nn.Dense(latent_width(self.quantizer), dtype=self.dtype, name="encoder_head")
+    self.encoder_head = nn.Dense(self.quantizer.latent_width, dtype=self.dtype, name="encoder_head")
     self.base = BaseModel(
       self.output_channels,
       depth=self.base_depth,
@@ -203,7 +203,7 @@ class UViM(nn.Module):
       aux: the quantizer's aux: ``indices`` int32 (B, code_grid, code_grid) and, for VQ, ``loss`` and
         its parts (FSQ has no loss, by design).
     """
-    codes, aux = apply_quantizer(self.quantizer, self._latents(x, y, train), train)
+    codes, aux = self.quantizer(self._latents(x, y, train), train=train)
     if train and self.code_dropout != "none":
       batch, rows, cols, dim = codes.shape
       flat = vq.code_dropout(
@@ -214,7 +214,7 @@ class UViM(nn.Module):
 
   def encode(self, x: jax.Array, y: jax.Array) -> jax.Array:
     """Code indices of y (and x with oracle context): int32 (B, code_grid, code_grid)."""
-    return apply_quantizer(self.quantizer, self._latents(x, y, False), False)[1]["indices"]
+    return self.quantizer(self._latents(x, y, False))[1]["indices"]
 
   def decode(self, x: jax.Array, indices: jax.Array) -> jax.Array:
     """Prediction (B, H, W, output_channels) from images x (B, H, W, C_x) and indices (B, h, w) (stage II)."""

@@ -13,9 +13,10 @@ from pathlib import Path
 import jax
 import ml_collections
 
+from fsq import bottlenecks
 from fsq.data import tokens as tokens_lib
 from fsq.maskgit.vocab import Vocabulary
-from fsq.models.autoencoder import Autoencoder, codebook_shape, latent_width, make_quantizer
+from fsq.models.autoencoder import Autoencoder
 from fsq.models.discriminator import Discriminator
 from fsq.models.transformer import BidirectionalTransformer
 from fsq.models.uvim import UViM
@@ -50,23 +51,6 @@ def build_optimizer(config: ml_collections.ConfigDict):
     o.schedule,
     tuple(tuple(m) for m in o.lr_multipliers),
   )
-
-
-def build_quantizer(config: ml_collections.ConfigDict):
-  """The quantizer of ``config.quantizer``; vq_uvim with ``split = False`` is UViM's no-splitting ablation."""
-  q = config.quantizer
-  quantizer = make_quantizer(
-    q.kind,
-    levels=tuple(q.levels),
-    num_codebooks=q.num_codebooks,
-    num_stages=q.num_stages,
-    num_bits=q.num_bits,
-    codebook_size=q.codebook_size,
-    vq_dim=q.vq_dim,
-  )
-  if q.kind == "vq_uvim" and not q.get("split", True):
-    quantizer = quantizer.clone(split_min_count=None)
-  return quantizer
 
 
 def restore_stage_one(config: ml_collections.ConfigDict, keys: tuple[str, ...] | None = None) -> dict:
@@ -114,7 +98,7 @@ def accumulation_steps(config: ml_collections.ConfigDict) -> int:
 
 def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
   m = config.model
-  quantizer = build_quantizer(config)
+  quantizer = bottlenecks.from_config(config.quantizer)
   common = dict(
     filters=m.filters,
     channel_multipliers=tuple(m.channel_multipliers),
@@ -124,7 +108,7 @@ def build_autoencoder(config: ml_collections.ConfigDict) -> Autoencoder:
     **memory_settings(config),
   )
   return Autoencoder(
-    encoder=Encoder(latent_dim=latent_width(quantizer), **common),
+    encoder=Encoder(latent_dim=quantizer.latent_width, **common),
     quantizer=quantizer,
     decoder=Decoder(out_channels=config.data.channels, **common),
   )
@@ -176,7 +160,7 @@ def build_maskgit_task(
     tokenizer_variables = {"params": state["ema_params"], **state["model_state"]}
     if config.data.get("tokens_dir", ""):
       check_tokens_dir(config)
-  size, groups = codebook_shape(tokenizer.quantizer)
+  size, groups = tokenizer.quantizer.codebook_shape
   if groups != 1:
     raise ValueError(f"stage II needs a single-group quantizer, got {groups} groups")
   vocab = Vocabulary(size, config.transformer.num_classes)
@@ -229,10 +213,10 @@ def build_dense_representation(config: ml_collections.ConfigDict):
 
 
 def build_uvim(config: ml_collections.ConfigDict, output_channels: int) -> UViM:
-  """Stage I: the restricted oracle and base model around ``build_quantizer(config)``."""
+  """Stage I: the restricted oracle and base model around ``config.quantizer``."""
   m = config.model
   return UViM(
-    build_quantizer(config),
+    bottlenecks.from_config(config.quantizer),
     output_channels,
     patch_size=m.patch_size,
     code_grid=m.code_grid,
@@ -258,7 +242,7 @@ def build_uvim_stage_two_task(
   if stage_one_variables is None:
     state = restore_stage_one(config, ("params", "model_state"))
     stage_one_variables = {"params": state["params"], **state["model_state"]}
-  size, _ = codebook_shape(stage_one.quantizer)
+  size, _ = stage_one.quantizer.codebook_shape
   v = config.vtt
   vtt = VisionToTextTransformer(
     size,

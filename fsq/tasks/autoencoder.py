@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from fsq.metrics import code_counts
-from fsq.models.autoencoder import Autoencoder, codebook_shape
+from fsq.models.autoencoder import Autoencoder
 from fsq.train.state import TrainState, apply_gradients
 
 _SCALAR_AUX = (
@@ -44,7 +44,7 @@ class AutoencoderTask:
 
   @property
   def codebook_shape(self) -> tuple[int, int]:
-    return codebook_shape(self.model.quantizer)
+    return self.model.quantizer.codebook_shape
 
   def init(self, rng: jax.Array, batch: dict) -> TrainState:
     variables = dict(self.model.init({"params": rng}, batch["image"], train=False))

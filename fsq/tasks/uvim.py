@@ -17,7 +17,6 @@ import numpy as np
 import optax
 
 from fsq.metrics import code_counts
-from fsq.models.autoencoder import codebook_shape
 from fsq.models.uvim import UViM
 from fsq.models.vit_checkpoint import vit_params_from_checkpoint
 from fsq.models.vtt import VisionToTextTransformer, generate
@@ -47,7 +46,7 @@ class UViMStageOneTask:
 
   @property
   def codebook_shape(self) -> tuple[int, int]:
-    return codebook_shape(self.model.quantizer)
+    return self.model.quantizer.codebook_shape
 
   def init(self, rng: jax.Array, batch: dict) -> TrainState:
     images = batch["image"]

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fsq import bottlenecks
 from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
-from fsq.models.autoencoder import QUANTIZER_KINDS
 from fsq.quantizers import check_levels
 from fsq.train.files import local_path, run_path
 from fsq.train.mesh import mesh_shape
@@ -184,8 +184,8 @@ def validate_config(config: ml_collections.ConfigDict, devices: bool = True) -> 
   _validate_tokens_dir(config)
   _validate_resident(config)
   q = config.quantizer
-  if q.kind not in QUANTIZER_KINDS:
-    raise ValueError(f"config.quantizer.kind must be one of {QUANTIZER_KINDS}, got {q.kind!r}")
+  if q.kind not in bottlenecks.KINDS:
+    raise ValueError(f"config.quantizer.kind must be one of {tuple(bottlenecks.KINDS)}, got {q.kind!r}")
   check_levels(tuple(q.levels), "config.quantizer.levels")
   for name in (
     "quantizer.num_codebooks",
