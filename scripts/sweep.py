@@ -26,15 +26,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import json
 import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 from configs.autoencoder import parse_levels
 from experiments.common import (
@@ -52,6 +54,7 @@ LAUNCH_TPU = REPO / "scripts" / "launch_tpu.sh"
 # How long the sweep waits for a pod's final_metrics.json to appear on its own view of a shared file
 # system (NFS or gcsfuse caches may show a new file late) before calling the training unfinished.
 TPU_FILE_WAIT_S = 60.0
+MISSING_FIELD = "(absent)"
 REMOTE_PYTHON = ".venv/bin/python"  # the interpreter of the checkout on a TPU worker (see launch_tpu.sh)
 
 
@@ -65,11 +68,12 @@ def train_command(run: Run, directory: Path, overrides: Sequence[str]) -> list[s
   return [sys.executable, "-m", "scripts.train", *args]
 
 
-def check_config(run: Run, train: Sequence[str]) -> None:
+def check_config(run: Run, train: Sequence[str]) -> dict:
   """Parses ``train``'s --config flags (a train_command) here as scripts.train parses them and validates the
   config, so that a typo in a run's config or overrides stops the sweep before anything starts, not
   hours in; a ValueError naming the run otherwise. The checks that need the run's devices are left to
-  scripts.train: this process starts no jax backend (on a TPU VM it would hold the chips)."""
+  scripts.train: this process starts no jax backend (on a TPU VM it would hold the chips). Returns the
+  config as its config.json would record it."""
   from absl import flags
   from ml_collections import config_flags
 
@@ -83,6 +87,38 @@ def check_config(run: Run, train: Sequence[str]) -> None:
     validate_config(values.config, devices=False)
   except Exception as error:  # absl, ml_collections and validate_config raise several kinds
     raise ValueError(f"run {run.name}: its config does not parse or validate: {error}") from error
+  return json.loads(values.config.to_json_best_effort())
+
+
+# Fields a run may change between its start and a resume without changing what it trains: where its
+# folders are (an experiment folder moved), the stage I checkpoint pinned at its start, and how often it
+# evaluates, checkpoints and logs.
+RESUME_FREE = (
+  "tokenizer_workdir",
+  "tokenizer_step",
+  "data.data_dir",
+  "data.tokens_dir",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "log_every_steps",
+)
+
+
+def recipe_changes(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+  """The dotted fields (but RESUME_FREE) whose values differ between a run's recorded config.json and the
+  config the sweep would give it now, or that only one of them has: a run started under another recipe,
+  which resuming or tabulating would pass off as this one's."""
+  changed = []
+  for key in sorted(set(recorded) | set(current)):
+    name = prefix + key
+    if name in RESUME_FREE:
+      continue
+    old, new = recorded.get(key, MISSING_FIELD), current.get(key, MISSING_FIELD)
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+      changed += recipe_changes(old, new, name + ".")
+    elif old != new:
+      changed.append(f"{name}: {old!r} recorded, {new!r} now")
+  return changed
 
 
 def evaluate_command(run: Run, directory: Path, python: str = sys.executable) -> list[str]:
@@ -345,8 +381,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   log_dir = Path(log_dir).absolute()
   complete = {run.name for run in runs if (directory / run.name / "results.json").exists()}
   tpu = (args.tpu, args.zone, args.dry_run) if args.tpu else None
+  stale = []
   for run in runs:
-    check_config(run, train_command(run, directory, args.override))
+    config = check_config(run, train_command(run, directory, args.override))
+    recorded = directory / run.name / "config.json"
+    if recorded.exists():
+      changes = recipe_changes(json.loads(recorded.read_text()), config)
+      stale += [f"{run.name} ({'; '.join(changes)})"] if changes else []
+  if stale:
+    raise ValueError(
+      f"runs in {directory} were started with another config than they would get now; move them aside "
+      f"(or restore their config) to rerun them: {', '.join(stale)}"
+    )
   keep_log = not (args.print or args.dry_run)
   if keep_log:
     directory.mkdir(parents=True, exist_ok=True)

@@ -229,6 +229,41 @@ def test_a_config_typo_or_bad_value_stops_the_sweep_before_anything_starts(tmp_p
   assert not root.exists() and capsys.readouterr().out == ""  # nothing started, made or printed
 
 
+def test_a_run_started_under_another_recipe_stops_the_sweep_and_a_moved_one_does_not(tmp_path, capsys):
+  """A workdir whose config.json differs from the config its run would get now (here: the optimizer's b1
+  and a field the run never had) is named with the fields, before anything starts; paths, the pinned
+  stage I step and how often a run evaluates may differ (an experiment folder moved, a resume)."""
+  root = tmp_path / "runs"
+  args = ["codebook_size", f"--root={root}", "--only", "fsq_8_stage2", "--print"]
+  run = {r.name: r for r in codebook_size.runs("cpu")}["fsq_8_stage2"]
+  directory = root / "codebook_size" / "cpu"
+  config = sweep.check_config(run, sweep.train_command(run, directory, []))
+  moved = {
+    **config,
+    "tokenizer_workdir": "/elsewhere/fsq_8_stage1",
+    "tokenizer_step": 1000,
+    "eval_every_steps": 7,
+    "data": {**config["data"], "data_dir": "/elsewhere/tfds"},
+  }
+  (directory / "fsq_8_stage2").mkdir(parents=True)
+  (directory / "fsq_8_stage2" / "config.json").write_text(json.dumps(moved))
+  assert sweep.main(args) == 0
+  capsys.readouterr()
+
+  other = {**moved, "optimizer": {**config["optimizer"], "b1": 0.0}, "retired_field": 1}
+  (directory / "fsq_8_stage2" / "config.json").write_text(json.dumps(other))
+  expected = (
+    r"fsq_8_stage2 \(optimizer\.b1: 0\.0 recorded, 0\.9 now; retired_field: 1 recorded, '\(absent\)' now\)"
+  )
+  with pytest.raises(ValueError, match=r"started with another config than they would get now; .*" + expected):
+    sweep.main(args)
+  assert capsys.readouterr().out == ""  # nothing printed or started
+  assert sweep.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}) == []
+  assert sweep.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == [
+    "a.b: [1, 2] recorded, [1, 3] now"
+  ]
+
+
 def test_the_config_check_starts_no_jax_backend(tmp_path):
   """The sweep's controller checks every run's config without starting jax (on a TPU VM a backend in
   the controller would hold the chips its runs need)."""
@@ -521,12 +556,13 @@ def test_settling_repeats_study_runs_longer_and_finds_when_validation_settles(tm
   for run in settling.runs("cpu"):  # the study's stage I, longer, validated more often, at a constant rate
     assert run.config == study[run.name].config and run.depends_on is None
     rest = [o for o in run.overrides if not o.startswith(("num_train_steps=", "eval_every_steps="))]
-    assert rest[-3:] == [
+    assert rest[-4:] == [  # the recipe of the first study, which these runs measured
       "optimizer.schedule=constant",
       "optimizer.grad_clip_norm=0.0",
       "optimizer.warmup_steps=50",
+      "optimizer.b1=0.0",
     ]
-    assert rest[:-3] == [o for o in study[run.name].overrides if not o.startswith("num_train_steps=")]
+    assert rest[:-4] == [o for o in study[run.name].overrides if not o.startswith("num_train_steps=")]
     assert "num_train_steps=4000" in run.overrides and "eval_every_steps=250" in run.overrides
   with pytest.raises(ValueError, match="no 'paper' scale"):
     settling.runs("paper")
