@@ -26,11 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from fsq.tasks.base import METRICS
 from fsq.train.files import run_path, write_atomically
 
 SCALES = ("cpu", "paper")
 NOT_EXPERIMENTS = ("common", "convergence")  # the helper modules of this package
-METRICS = ("rfid", "fid", "compression", "color_fid", "train_usage")  # what scripts/evaluate.py computes
 MISSING = "\u2013"  # an en dash: the cell of a run that has no results.json yet
 PERCENT = "percent"  # the spec of a cell that shows a fraction with ``percent``
 

@@ -15,7 +15,7 @@ from fsq.evals import run_eval, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
 from fsq.evals.run_eval import evaluate, load_run, real_floor, sample_batches
 from fsq.tasks import pin_stage_one, restore_stage_one
-from fsq.train.checkpoint import restore_to_host, saved_steps
+from fsq.train.checkpoint import restore_step_to_host, restore_to_host, saved_steps
 from fsq.train.data import InputPipeline
 from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
@@ -235,11 +235,11 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(
   # Stage II reads only what it needs of stage I: the EMA parameters and model state, equal to those of a
   # whole-state restore, without the optimizer moments or the discriminator.
   whole = restore_to_host(tmp_path / "tok" / "checkpoints" / "2")
-  part = restore_stage_one(resumed, ("ema_params", "model_state"))
-  assert set(part) == {"ema_params", "model_state"} < set(whole)
-  chex.assert_trees_all_equal(part["ema_params"], whole["ema_params"])
+  part = restore_stage_one(resumed)  # the frozen variables: the EMA parameters (the tokenizer family's)
+  assert set(part) == {"params", *whole["model_state"]}
+  chex.assert_trees_all_equal(part["params"], whole["ema_params"])
   with pytest.raises(ValueError, match=r"has no \['emma_params'\]; it has \[.*'ema_params'"):
-    restore_stage_one(resumed, ("emma_params",))
+    restore_step_to_host(tmp_path / "tok" / "checkpoints", 2, ("emma_params",))
   resumed.tokenizer_step = 3
   with pytest.raises(ValueError, match=r"config.tokenizer_step = 3: no checkpoint of step 3 .* \[2, 4\]"):
     restore_stage_one(resumed)

@@ -22,6 +22,8 @@ from jax.experimental import multihost_utils
 
 from fsq.evals import dense_metrics, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features
+from fsq.tasks import build_task
+from fsq.tasks.base import METRICS, family_of
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
@@ -47,8 +49,6 @@ class LoadedRun:
 
 def load_run(workdir: str | Path) -> LoadedRun:
   """Rebuilds the task of ``workdir/config.json`` and restores its newest checkpoint onto the mesh."""
-  from fsq.tasks import build_task
-
   workdir = run_path(workdir, "workdir")
   config = read_config(workdir)
   if config.data.get("tokens_dir", ""):  # evaluation reads images: a run trained on tokens needs none here
@@ -393,19 +393,6 @@ def dense_native(run: LoadedRun, num_images: int) -> dict[str, float]:
   return {**results, "native/num_images": float(min(num_images, len(source)))}
 
 
-METRICS = ("rfid", "fid", "compression", "color_fid", "dense_native", "train_usage")
-# The training tasks each metric applies to (color_fid: UViM stage II with uvim.task = colorization;
-# dense_native: with uvim.task = depth or panoptic).
-METRIC_TASKS = {
-  "rfid": ("autoencoder", "tokenizer"),
-  "fid": ("transformer",),
-  "compression": ("transformer",),
-  "color_fid": ("uvim_lm",),
-  "dense_native": ("uvim_lm",),
-  "train_usage": ("autoencoder", "tokenizer"),
-}
-
-
 def evaluate(
   workdir: str | Path, metrics: tuple[str, ...], num_images: int, cache_dir: Path | None = None
 ) -> dict[str, float]:
@@ -428,7 +415,7 @@ def evaluate(
     return results
   run = load_run(workdir)
   for name in metrics:
-    if not _applies(name, run.config):
+    if name not in family_of(run.config).metrics(run.config):
       what = run.config.task + (f" ({run.config.uvim.task})" if run.config.task.startswith("uvim") else "")
       raise ValueError(f"metric {name!r} does not apply to task {what!r} in {workdir}")
   extractor = FeatureExtractor(run.mesh) if {"rfid", "fid", "color_fid"} & set(metrics) else None
@@ -447,14 +434,6 @@ def evaluate(
   results["step"] = float(run.step)
   _write_results(workdir, results)
   return results
-
-
-def _applies(metric: str, config: ml_collections.ConfigDict) -> bool:
-  if config.task not in METRIC_TASKS[metric]:
-    return False
-  if metric == "color_fid":
-    return config.uvim.task == "colorization"
-  return metric != "dense_native" or config.uvim.task in ("depth", "panoptic")
 
 
 def _write_results(workdir: Path, results: dict[str, float]) -> None:

@@ -1,4 +1,5 @@
-"""Model families as tasks for the generic loop; ``build_task(config)`` picks one by ``config.task``."""
+"""Model families as tasks for the generic loop, registered as task families (``fsq.tasks.base``);
+``build_task(config)`` builds the one ``config.task`` names."""
 
 # ruff: noqa: E402 (the [train] extra is checked before the imports that need it)
 from __future__ import annotations
@@ -23,6 +24,8 @@ from fsq.models.uvim import UViM
 from fsq.models.vqgan import Decoder, Encoder
 from fsq.models.vtt import VisionToTextTransformer
 from fsq.tasks.autoencoder import AutoencoderTask
+from fsq.tasks.base import FAMILIES, TaskFamily, family_of, register
+from fsq.tasks.checks import check_conv, check_vit, compute_dtype
 from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
 from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
@@ -31,11 +34,7 @@ from fsq.train.checkpoint import restore_step_to_host, saved_step
 from fsq.train.data import batch_spec
 from fsq.train.files import run_path
 from fsq.train.state import make_optimizer
-from fsq.train.validate import compute_dtype
 from fsq.train.writers import read_config
-
-TASKS = ("autoencoder", "tokenizer", "transformer", "uvim_oracle", "uvim_lm")
-STAGE_ONE = {"transformer": "tokenizer", "uvim_lm": "uvim_oracle"}  # stage II task -> its stage I task
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
@@ -53,18 +52,20 @@ def build_optimizer(config: ml_collections.ConfigDict):
   )
 
 
-def restore_stage_one(config: ml_collections.ConfigDict, keys: tuple[str, ...] | None = None) -> dict:
-  """The state (a dict; ``keys``: only these entries) of the frozen stage I run in
-  ``config.tokenizer_workdir``: its checkpoint of step ``config.tokenizer_step``, or its newest when that
-  is 0 (or absent, in configs written before it)."""
+def restore_stage_one(config: ml_collections.ConfigDict) -> dict:
+  """The variables a stage II run freezes, of the stage I run in ``config.tokenizer_workdir``: its
+  checkpoint of step ``config.tokenizer_step``, or its newest when that is 0 (or absent, in configs
+  written before it); the parameters its family names (``TaskFamily.frozen_params``) and model state."""
   if not config.tokenizer_workdir:
     raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
   step = config.get("tokenizer_step", 0)
+  key = FAMILIES[family_of(config).stage_one].frozen_params
   try:
     workdir = run_path(config.tokenizer_workdir, "config.tokenizer_workdir")
-    return restore_step_to_host(workdir / "checkpoints", step, keys)
+    state = restore_step_to_host(workdir / "checkpoints", step, (key, "model_state"))
   except ValueError as e:
     raise ValueError(f"config.tokenizer_step = {step}: {e}") from None
+  return {"params": state[key], **state["model_state"]}
 
 
 def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
@@ -156,8 +157,7 @@ def build_maskgit_task(
   folder (``config.data.tokens_dir``) must have been made by that tokenizer from this data."""
   tokenizer = build_autoencoder(config)
   if tokenizer_variables is None:
-    state = restore_stage_one(config, ("ema_params", "model_state"))
-    tokenizer_variables = {"params": state["ema_params"], **state["model_state"]}
+    tokenizer_variables = restore_stage_one(config)
     if config.data.get("tokens_dir", ""):
       check_tokens_dir(config)
   size, groups = tokenizer.quantizer.codebook_shape
@@ -240,8 +240,7 @@ def build_uvim_stage_two_task(
   representation = build_dense_representation(config)
   stage_one = build_uvim(config, representation.output_channels)
   if stage_one_variables is None:
-    state = restore_stage_one(config, ("params", "model_state"))
-    stage_one_variables = {"params": state["params"], **state["model_state"]}
+    stage_one_variables = restore_stage_one(config)
   size, _ = stage_one.quantizer.codebook_shape
   v = config.vtt
   vtt = VisionToTextTransformer(
@@ -266,40 +265,62 @@ def build_uvim_stage_two_task(
   )
 
 
+def build_autoencoder_task(config: ml_collections.ConfigDict) -> AutoencoderTask:
+  return AutoencoderTask(
+    build_autoencoder(config), build_optimizer(config), accumulation_steps=accumulation_steps(config)
+  )
+
+
+def build_uvim_stage_one_task(config: ml_collections.ConfigDict) -> UViMStageOneTask:
+  representation = build_dense_representation(config)
+  model = build_uvim(config, representation.output_channels)
+  return UViMStageOneTask(
+    model, representation, build_optimizer(config), accumulation_steps=accumulation_steps(config)
+  )
+
+
+def _reconstruction_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return ("rfid", "train_usage")
+
+
+def _sampling_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return ("fid", "compression")
+
+
+def _dense_metrics(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  return ("color_fid",) if config.uvim.task == "colorization" else ("dense_native",)
+
+
+register(TaskFamily("autoencoder", build_autoencoder_task, check_conv, _reconstruction_metrics))
+register(
+  TaskFamily(
+    "tokenizer", build_tokenizer_task, check_conv, _reconstruction_metrics, frozen_params="ema_params"
+  )
+)
+register(TaskFamily("transformer", build_maskgit_task, check_conv, _sampling_metrics, stage_one="tokenizer"))
+register(TaskFamily("uvim_oracle", build_uvim_stage_one_task, check_vit, frozen_params="params"))
+register(TaskFamily("uvim_lm", build_uvim_stage_two_task, check_vit, _dense_metrics, stage_one="uvim_oracle"))
+
+
 def build_task(config: ml_collections.ConfigDict):
-  if config.task == "autoencoder":
-    return AutoencoderTask(
-      build_autoencoder(config), build_optimizer(config), accumulation_steps=accumulation_steps(config)
-    )
-  if config.task == "tokenizer":
-    return build_tokenizer_task(config)
-  if config.task == "transformer":
-    return build_maskgit_task(config)
-  if config.task == "uvim_oracle":
-    representation = build_dense_representation(config)
-    model = build_uvim(config, representation.output_channels)
-    return UViMStageOneTask(
-      model, representation, build_optimizer(config), accumulation_steps=accumulation_steps(config)
-    )
-  if config.task == "uvim_lm":
-    return build_uvim_stage_two_task(config)
-  raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
+  """The task of the family ``config.task`` names (a stage II task restores its frozen stage I)."""
+  return family_of(config).build(config)
 
 
 def build_abstract_task(config: ml_collections.ConfigDict):
   """``build_task(config)`` without a stage I checkpoint: a stage II task's frozen stage I is shapes only
   (``jax.eval_shape`` of the stage I task's init on the same config), for plans and ahead-of-time
   compiles; other tasks are built as ``build_task`` builds them."""
-  if config.task not in STAGE_ONE:
-    return build_task(config)
+  family = family_of(config)
+  if family.stage_one is None:
+    return family.build(config)
   stage_one = copy.deepcopy(config)
   with stage_one.unlocked():
-    stage_one.task = STAGE_ONE[config.task]
+    stage_one.task = family.stage_one
     stage_one.data.tokens_dir = ""  # stage I trains on images
-    if stage_one.task == "tokenizer":  # its perceptual network is no part of the frozen variables
+    if stage_one.get("gan"):  # the tokenizer's perceptual network is no part of the frozen variables
       stage_one.gan.perceptual_weight = 0.0
   batch = batch_spec(stage_one.data, stage_one.batch_size, eval_batch=True)  # float images, as the loop's
   state = jax.eval_shape(build_task(stage_one).init, jax.random.key(0), batch)
-  if config.task == "transformer":
-    return build_maskgit_task(config, {"params": state.ema_params, **state.model_state})
-  return build_uvim_stage_two_task(config, {"params": state.params, **state.model_state})
+  key = FAMILIES[family.stage_one].frozen_params
+  return family.build(config, {"params": getattr(state, key), **state.model_state})

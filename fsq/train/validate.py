@@ -3,68 +3,15 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from fsq import bottlenecks
 from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
 from fsq.quantizers import check_levels
+from fsq.tasks.base import family_of
+from fsq.tasks.checks import compute_dtype, positive_int
 from fsq.train.files import local_path, run_path
 from fsq.train.mesh import mesh_shape
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  """The dtype of the models' activations (``config.compute_dtype``; parameters, optimizer state, losses
-  and quantizer arithmetic stay float32)."""
-  name = config.get("compute_dtype", "float32")
-  if name not in ("float32", "bfloat16"):
-    raise ValueError(f"config.compute_dtype must be 'float32' or 'bfloat16', got {name!r}")
-  return jnp.dtype(name)
-
-
-def _positive_int(config: ml_collections.ConfigDict, name: str) -> int:
-  value = config
-  for part in name.split("."):
-    value = value[part]
-  if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-    raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
-  return value
-
-
-def _validate_conv(config: ml_collections.ConfigDict) -> None:
-  """The conv encoder/decoder of the autoencoder and MaskGIT tokenizer."""
-  for name in ("model.filters", "model.num_res_blocks", "model.norm_groups"):
-    _positive_int(config, name)
-  multipliers = tuple(config.model.channel_multipliers)
-  factor = 2 ** (len(multipliers) - 1)
-  if config.data.image_size % factor:
-    raise ValueError(
-      f"config.data.image_size = {config.data.image_size} must be divisible by {factor} "
-      f"(2^(len(model.channel_multipliers) - 1) for {multipliers})"
-    )
-  for m in multipliers:
-    if (config.model.filters * m) % config.model.norm_groups:
-      raise ValueError(
-        f"config.model.norm_groups = {config.model.norm_groups} must divide filters x multiplier = "
-        f"{config.model.filters * m}"
-      )
-
-
-def _validate_vit(config: ml_collections.ConfigDict) -> None:
-  """UViM's ViTs: patches tile the image, and the code grid is no finer than the patch grid."""
-  for name in ("model.patch_size", "model.code_grid", "model.width", "model.num_heads", "model.mlp_dim"):
-    _positive_int(config, name)
-  m, size = config.model, config.data.image_size
-  if size % m.patch_size:
-    raise ValueError(
-      f"config.data.image_size = {size} must be divisible by model.patch_size = {m.patch_size}"
-    )
-  if m.code_grid > size // m.patch_size:
-    raise ValueError(
-      f"config.model.code_grid = {m.code_grid} must be at most the patch grid {size // m.patch_size}"
-    )
-  if m.width % m.num_heads:
-    raise ValueError(f"config.model.width = {m.width} must be divisible by model.num_heads = {m.num_heads}")
 
 
 def _validate_tokens_dir(config: ml_collections.ConfigDict) -> None:
@@ -104,22 +51,11 @@ def _validate_resident(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{name} = {value!r} cannot be used with config.data.resident = True")
 
 
-# The model checks of each task family: MaskGIT's conv autoencoder or UViM's ViTs.
-MODEL_CHECKS = {
-  "autoencoder": _validate_conv,
-  "tokenizer": _validate_conv,
-  "transformer": _validate_conv,
-  "uvim_oracle": _validate_vit,
-  "uvim_lm": _validate_vit,
-}
-
-
 def validate_config(config: ml_collections.ConfigDict, devices: bool = True) -> None:
   """Raises ValueError for a config the loop cannot run. ``devices``: also check the mesh and the batch
   against this process's jax devices and processes; False where the config will run elsewhere (a sweep's
   controller, which must not start a jax backend: on a TPU VM that would hold the chips its runs need)."""
-  if config.task not in MODEL_CHECKS:
-    raise ValueError(f"config.task must be one of {tuple(MODEL_CHECKS)}, got {config.task!r}")
+  family = family_of(config)
   for name in (
     "num_train_steps",
     "batch_size",
@@ -131,7 +67,7 @@ def validate_config(config: ml_collections.ConfigDict, devices: bool = True) -> 
     "data.image_size",
     "data.channels",
   ):
-    _positive_int(config, name)
+    positive_int(config, name)
   # TFDS's array_record files are read by a C++ reader that opens local files only.
   local_path(config.data.data_dir, "config.data.data_dir")
   for name, value in (
@@ -194,8 +130,8 @@ def validate_config(config: ml_collections.ConfigDict, devices: bool = True) -> 
     "quantizer.codebook_size",
     "quantizer.vq_dim",
   ):
-    _positive_int(config, name)
-  MODEL_CHECKS[config.task](config)
+    positive_int(config, name)
+  family.check_model(config)
   o = config.optimizer
   if not o.learning_rate > 0:
     raise ValueError(f"config.optimizer.learning_rate must be > 0, got {o.learning_rate}")
