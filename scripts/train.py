@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.log_to_stdout()
   distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from fsq.train.loop import train_and_evaluate
+  from fsq.tasks import train_and_evaluate
   from fsq.train.validate import validate_config
 
   config = _CONFIG.value

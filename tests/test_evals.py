@@ -14,11 +14,11 @@ from fsq import weights
 from fsq.evals import run_eval, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
 from fsq.evals.run_eval import evaluate, load_run, real_floor, sample_batches
-from fsq.tasks import pin_stage_one, restore_stage_one
+from fsq.tasks import restore_stage_one, train_and_evaluate
 from fsq.train.checkpoint import restore_step_to_host, restore_to_host, saved_steps
 from fsq.train.data import InputPipeline
-from fsq.train.loop import train_and_evaluate
 from fsq.train.mesh import make_mesh
+from fsq.train.stages import resolve
 from fsq.train.writers import read_config, write_config
 from tests.helpers import inception_pool, patched
 from tests.test_train import TINY, tiny_config
@@ -225,8 +225,9 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(
   train_and_evaluate(patched(tokenizer, {"num_train_steps": 4}), tmp_path / "tok")  # stage I trains on
   assert saved_steps(tmp_path / "tok" / "checkpoints") == [2, 4]
   resumed = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
-  pin_stage_one(resumed, tmp_path / "maskgit")
-  assert resumed.tokenizer_step == 2
+  assert resolve(resumed, tmp_path / "maskgit").tokenizer_step == 2
+  assert resumed.tokenizer_step == 0  # the caller's config is left as it is
+  resumed = resolve(resumed, tmp_path / "maskgit")
   kept = load_run(tmp_path / "maskgit").task.tokenizer_variables["params"]
   for step, same in ((2, True), (4, False)):
     ema = restore_to_host(tmp_path / "tok" / "checkpoints" / str(step))["ema_params"]
@@ -251,7 +252,7 @@ def test_stage_two_without_a_stage_one_checkpoint_names_the_workdir(tmp_path):
   with pytest.raises(
     ValueError, match=r"config.tokenizer_workdir = '.*tok': no checkpoint in .*tok/checkpoints"
   ):
-    pin_stage_one(config, tmp_path / "maskgit")
+    resolve(config, tmp_path / "maskgit")
   with pytest.raises(ValueError, match=r"config.tokenizer_step = 0: no checkpoint in .*tok/checkpoints"):
     restore_stage_one(config)
 

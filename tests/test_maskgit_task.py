@@ -13,9 +13,8 @@ from PIL import Image
 from fsq.maskgit.schedule import training_mask
 from fsq.maskgit.vocab import Vocabulary
 from fsq.models.transformer import BidirectionalTransformer
-from fsq.tasks import build_autoencoder
+from fsq.tasks import build_autoencoder, train_and_evaluate
 from fsq.tasks.maskgit import MaskGITTask
-from fsq.train.loop import train_and_evaluate
 from tests.test_train import (
   REPO,
   read_metrics,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fsq.data import pipeline
+from fsq.tasks import train_and_evaluate
 from fsq.train import mesh as mesh_lib
 from fsq.train import resident
-from fsq.train.loop import train_and_evaluate
 from tests.test_train import read_metrics, restore_params, tiny_config
 
 

@@ -6,10 +6,9 @@ import optax
 import pytest
 
 from fsq.models.discriminator import Discriminator
-from fsq.tasks import build_autoencoder
+from fsq.tasks import build_autoencoder, train_and_evaluate
 from fsq.tasks.autoencoder import AutoencoderTask
 from fsq.tasks.tokenizer import TokenizerTask
-from fsq.train.loop import train_and_evaluate
 from tests.test_train import read_metrics, tiny_config
 
 

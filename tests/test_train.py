@@ -17,10 +17,11 @@ import tensorflow_datasets as tfds
 
 from configs.autoencoder import get_config
 from fsq.data import pipeline
+from fsq.tasks import train_and_evaluate
 from fsq.train import writers
 from fsq.train.checkpoint import Checkpointer, restore_to_host
 from fsq.train.files import run_path
-from fsq.train.loop import NonFiniteLossError, train_and_evaluate
+from fsq.train.loop import NonFiniteLossError
 from tests.helpers import patched
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from fsq.evals import run_eval
 from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
 from fsq.evals.features import FeatureExtractor
 from fsq.evals.run_eval import colorization_fid, evaluate, load_run
-from fsq.tasks import build_task, build_uvim_stage_two_task
+from fsq.tasks import build_task, build_uvim_stage_two_task, train_and_evaluate
 from fsq.tasks.uvim_outputs import (
   ColorizationRepresentation,
   DepthRepresentation,
@@ -31,7 +31,6 @@ from fsq.tasks.uvim_outputs import (
   panoptic_stats,
 )
 from fsq.train.checkpoint import restore_to_host
-from fsq.train.loop import train_and_evaluate
 from fsq.train.validate import validate_config
 from tests.helpers import flat_params, inception_pool, patched
 from tests.test_evals import _fid_scipy

@@ -30,11 +30,11 @@ from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
 from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
 from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
-from fsq.train.checkpoint import restore_step_to_host, saved_step
+from fsq.train import loop, stages
+from fsq.train.checkpoint import restore_step_to_host
 from fsq.train.data import batch_spec
 from fsq.train.files import run_path
 from fsq.train.state import make_optimizer
-from fsq.train.writers import read_config
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
@@ -66,25 +66,6 @@ def restore_stage_one(config: ml_collections.ConfigDict) -> dict:
   except ValueError as e:
     raise ValueError(f"config.tokenizer_step = {step}: {e}") from None
   return {"params": state[key], **state["model_state"]}
-
-
-def pin_stage_one(config: ml_collections.ConfigDict, workdir: str | Path) -> None:
-  """Sets ``config.tokenizer_step`` of a stage II run, when 0, to the stage I checkpoint it trains on: the
-  one ``workdir/config.json`` recorded when the run started (a resumed run keeps its tokenizer), else stage
-  I's newest. The loop writes it to config.json, from which evaluation restores the same tokenizer even
-  after stage I has trained on."""
-  if not config.get("tokenizer_workdir") or config.tokenizer_step:
-    return
-  recorded = (run_path(workdir, "workdir") / "config.json").exists()
-  step = read_config(workdir).get("tokenizer_step", 0) if recorded else 0
-  if not step and config.data.get("tokens_dir", ""):  # the checkpoint that made the tokens
-    step = tokens_lib.read_manifest(config.data.tokens_dir)["tokenizer_step"]
-  if not step:
-    try:
-      step = saved_step(run_path(config.tokenizer_workdir, "config.tokenizer_workdir") / "checkpoints", 0)
-    except ValueError as e:
-      raise ValueError(f"config.tokenizer_workdir = {config.tokenizer_workdir!r}: {e}") from None
-  config.tokenizer_step = step
 
 
 def memory_settings(config: ml_collections.ConfigDict) -> dict:
@@ -300,6 +281,17 @@ register(
 register(TaskFamily("transformer", build_maskgit_task, check_conv, _sampling_metrics, stage_one="tokenizer"))
 register(TaskFamily("uvim_oracle", build_uvim_stage_one_task, check_vit, frozen_params="params"))
 register(TaskFamily("uvim_lm", build_uvim_stage_two_task, check_vit, _dense_metrics, stage_one="uvim_oracle"))
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | Path, task=None, sources=None
+) -> dict[str, float]:
+  """Trains the run in ``workdir`` with the generic loop: ``config`` resolved (``fsq.train.stages``; the
+  caller's copy is left as it is) and, unless ``task`` is given, the task of ``config.task`` built from
+  it. Returns the final evaluation metrics; ``sources`` as the loop's."""
+  config = stages.resolve(config, workdir)
+  task = task if task is not None else build_task(config)
+  return loop.train_and_evaluate(config, workdir, task, sources)
 
 
 def build_task(config: ml_collections.ConfigDict):

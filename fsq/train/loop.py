@@ -1,5 +1,5 @@
 """The one generic training loop: mesh, input, sharded init or resume, jitted steps, evaluation,
-logging and checkpoints. A model family supplies a task object (see fsq/tasks/autoencoder.py)."""
+logging and checkpoints. A model family supplies the task (the contract: ``fsq.tasks.base.Task``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,9 @@ from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline, batch_spec, device_images
 from fsq.train.files import check_shared, run_path, write_text_atomically
 from fsq.train.writers import MetricWriter, write_config
+
+if TYPE_CHECKING:  # the loop imports no task module: callers hand it a built task
+  from fsq.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -152,20 +156,18 @@ def jit_train_step(task, shardings, mesh: jax.sharding.Mesh, seed: int):
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str | Path, task=None, sources=None
+  config: ml_collections.ConfigDict, workdir: str | Path, task: Task, sources=None
 ) -> dict[str, float]:
-  """Trains ``task`` (default: built from ``config.task``) and returns the final evaluation metrics.
+  """Trains ``task`` as ``config`` says and returns the final evaluation metrics. ``config`` is the run's
+  resolved config (``fsq.train.stages.resolve``), recorded as it is; ``fsq.tasks.train_and_evaluate``
+  resolves it and builds the task of ``config.task``.
 
   ``sources`` (train, eval ImageSources) replace the configured TFDS dataset, for tests on mock data.
 
   Resumes from the newest checkpoint in ``workdir/checkpoints`` when there is one. Writes
   ``config.json``, ``metrics.jsonl``, TensorBoard events and image grids into workdir.
   """
-  from fsq.tasks import build_task, pin_stage_one
-
   workdir = run_path(workdir, "workdir")
-  pin_stage_one(config, workdir)
-  task = task if task is not None else build_task(config)
   mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.model)
   log.info("%d processes, %d devices, mesh %s", jax.process_count(), jax.device_count(), dict(mesh.shape))
   pipeline = InputPipeline(
