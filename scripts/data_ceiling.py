@@ -13,7 +13,6 @@ in full on that split; one far smaller can.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
   args = parser.parse_args(argv)
   from fsq.evals.footprints import footprint_stats
   from fsq.train.data import InputPipeline
-  from fsq.train.files import write_text_atomically
+  from fsq.train.files import report_json
   from fsq.train.writers import read_config
 
   config = read_config(args.workdir)
@@ -38,10 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     images = [b["image"][b["mask"] > 0] for b in pipeline.eval_batches()]
     pixels = np.round((np.concatenate(images).astype(np.float64) + 1) * 127.5).astype(np.uint8)
     result[name] = {"split": split, "patch": patch, **footprint_stats(pixels, patch)}
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.out is not None:
-    write_text_atomically(args.out, text + "\n")
+  report_json(result, args.out)
   return result
 
 

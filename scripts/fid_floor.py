@@ -12,7 +12,6 @@ JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -27,14 +26,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
   )
   from fsq.evals.run_eval import real_floor
-  from fsq.train.files import write_text_atomically
+  from fsq.train.files import report_json
   from fsq.train.writers import read_config
 
   result = real_floor(read_config(args.workdir), args.num_images)
-  text = json.dumps(result, indent=2)
-  print(text)
-  if args.out is not None:
-    write_text_atomically(args.out, text + "\n")
+  report_json(result, args.out)
   return result
 
 

@@ -58,6 +58,7 @@ def test_data_ceiling_counts_the_runs_splits_as_read_from_the_idx_files(tfds_dat
   """scripts.data_ceiling on a recorded stage I config: both splits, read through the input pipeline and
   returned to uint8, count as the raw idx files padded to 32x32 do, in 4x4 blocks (two downsamplings)."""
   import gzip
+  import json
 
   from configs.maskgit import get_config
   from fsq.data import fashion_mnist
@@ -85,4 +86,4 @@ def test_data_ceiling_counts_the_runs_splits_as_read_from_the_idx_files(tfds_dat
     }
     assert result[name]["tokens"] == count * 64 and result[name]["patch"] == 4
     assert result[name]["distinct"] == len(seen)
-  assert (tmp_path / "ceiling.json").exists()
+  assert json.loads((tmp_path / "ceiling.json").read_text()) == result

@@ -8,6 +8,7 @@ preemption sees the old file or the new one (a cloud object is uploaded whole or
 """
 
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -124,3 +125,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
   """``path`` holds ``text`` (written with ``write_atomically``)."""
   write_atomically(path, lambda tmp: tmp.write_text(text))
+
+
+def report_json(result: object, out: str | os.PathLike | None) -> None:
+  """Prints ``result`` as indented JSON and, when ``out`` is given, writes the same text there atomically."""
+  text = json.dumps(result, indent=2)
+  print(text)
+  if out is not None:
+    write_text_atomically(out, text + "\n")
