@@ -12,9 +12,9 @@ Any field can then be overridden with --config.FIELD=VALUE.
 
 from __future__ import annotations
 
-import re
-
 import ml_collections
+
+from configs.common import parse_arg
 
 SIZES = {
   "cpu": dict(filters=32, channel_multipliers=(1, 2, 2), num_res_blocks=1, norm_groups=8),
@@ -22,37 +22,16 @@ SIZES = {
 }
 
 
-def parse_arg(arg: str | None) -> dict[str, str]:
-  """'a=1,b=x' -> {'a': '1', 'b': 'x'}; a malformed item is a ValueError naming it."""
-  out = {}
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise ValueError(f"config argument items must be key=value, got {item!r} in {arg!r}")
-    out[key.strip()] = value.strip()
-  return out
-
-
-def parse_levels(text: str) -> tuple[int, ...]:
-  """'8-5-5-5' -> (8, 5, 5, 5); anything else is a ValueError naming the text."""
-  if not re.fullmatch(r"\d+(-\d+)*", text):
-    raise ValueError(f"levels must be integers joined by '-', e.g. 8-5-5-5, got {text!r}")
-  return tuple(int(v) for v in text.split("-"))
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  unknown = set(args) - {"quantizer", "levels", "size", "steps"}
-  if unknown:
-    raise ValueError(f"unknown config arguments {sorted(unknown)} in {arg!r}")
-  size = args.get("size", "cpu")
-  if size not in SIZES:
-    raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+  args = parse_arg(
+    arg, dict(quantizer="fsq", levels=(8, 5, 5, 5), size="cpu", steps=1000), dict(size=sorted(SIZES))
+  )
+  size = args["size"]
 
   c = ml_collections.ConfigDict()
   c.task = "autoencoder"
   c.seed = 0
-  c.num_train_steps = int(args.get("steps", 1000))
+  c.num_train_steps = args["steps"]
   c.batch_size = 64
   c.log_every_steps = 50
   c.eval_every_steps = 500
@@ -95,8 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(SIZES[size], maskgit_shortcut_quirk=False))
 
   c.quantizer = ml_collections.ConfigDict()
-  c.quantizer.kind = args.get("quantizer", "fsq")
-  c.quantizer.levels = parse_levels(args.get("levels", "8-5-5-5"))
+  c.quantizer.kind = args["quantizer"]
+  c.quantizer.levels = args["levels"]
   c.quantizer.num_codebooks = 1
   c.quantizer.num_stages = 2
   c.quantizer.num_bits = 10

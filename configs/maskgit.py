@@ -26,7 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.autoencoder import get_config as autoencoder_config
-from configs.autoencoder import parse_arg, parse_levels
+from configs.common import given, parse_arg
 from fsq.models.discriminator import maskgit_widths
 from fsq.quantizers import levels_for_codebook_size
 
@@ -43,21 +43,15 @@ KINDS = {"fsq": "fsq", "vq": "vq_maskgit", "vq_plain": "vq_plain"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  unknown = set(args) - {"stage", "run", "quantizer", "codebook", "levels"}
-  if unknown:
-    raise ValueError(f"unknown config arguments {sorted(unknown)} in {arg!r}")
-  stage, run, kind = args.get("stage", "tokenizer"), args.get("run", "cpu"), args.get("quantizer", "fsq")
-  if stage not in ("tokenizer", "transformer"):
-    raise ValueError(f"stage must be 'tokenizer' or 'transformer', got {stage!r}")
-  if run not in RUNS:
-    raise ValueError(f"run must be one of {sorted(RUNS)}, got {run!r}")
-  if kind not in GUIDANCE:
-    raise ValueError(f"quantizer must be one of {sorted(GUIDANCE)}, got {kind!r}")
-  bits = int(args.get("codebook", 10))
+  args = parse_arg(
+    arg,
+    dict(stage="tokenizer", run="cpu", quantizer="fsq", codebook=10, levels=()),
+    dict(stage=("tokenizer", "transformer"), run=sorted(RUNS), quantizer=sorted(GUIDANCE)),
+  )
+  stage, run, kind, bits = args["stage"], args["run"], args["quantizer"], args["codebook"]
   if run == "imagenet256" and bits != 10:
     raise ValueError(f"codebook is an argument of run=imagenet128 and run=cpu, got codebook={bits} for {run}")
-  if "levels" in args and kind != "fsq":
+  if "levels" in given(arg) and kind != "fsq":
     raise ValueError(f"levels is an argument of quantizer=fsq, got levels={args['levels']} for {kind}")
   r = RUNS[run]
 
@@ -79,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # host's share of stage I at the paper batch needs about 400 images/s at 50% MFU: Grain workers.
     c.data.worker_count = 16
 
-  levels = parse_levels(args["levels"]) if "levels" in args else levels_for_codebook_size(2**bits)
+  levels = args["levels"] or levels_for_codebook_size(2**bits)
   c.quantizer.kind = KINDS[kind]
   c.quantizer.levels = levels
   c.quantizer.codebook_size = 2**bits

@@ -36,7 +36,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.autoencoder import get_config as autoencoder_config
-from configs.autoencoder import parse_arg
+from configs.common import parse_arg
 from fsq.data.scenes import CLASS_NAMES, THING_CLASSES, VOID
 
 STAGES = ("oracle", "lm")
@@ -63,21 +63,12 @@ def _steps(task: str, epochs: int, batch_size: int) -> int:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  unknown = set(args) - {"stage", "task", "quantizer", "context", "run"}
-  if unknown:
-    raise ValueError(f"unknown config arguments {sorted(unknown)} in {arg!r}")
-  stage, task = args.get("stage", "oracle"), args.get("task", "depth")
-  kind, context, run = args.get("quantizer", "fsq"), args.get("context", "on"), args.get("run", "cpu")
-  for name, value, allowed in [
-    ("stage", stage, STAGES),
-    ("task", task, TASKS),
-    ("quantizer", kind, QUANTIZERS),
-    ("context", context, ("on", "off")),
-    ("run", run, RUNS),
-  ]:
-    if value not in allowed:
-      raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+  args = parse_arg(
+    arg,
+    dict(stage="oracle", task="depth", quantizer="fsq", context="on", run="cpu"),
+    dict(stage=STAGES, task=TASKS, quantizer=QUANTIZERS, context=("on", "off"), run=RUNS),
+  )
+  stage, task, kind, context, run = (args[k] for k in ("stage", "task", "quantizer", "context", "run"))
   paper = run == "paper"
 
   c = autoencoder_config()

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from configs.autoencoder import parse_levels
+from configs.common import parse_levels
 from experiments.common import (
   SCALES,
   experiment_dir,

@@ -38,7 +38,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from configs.autoencoder import parse_levels
+from configs.common import parse_levels
 from experiments.common import (
   SCALES,
   Run,
