@@ -29,9 +29,16 @@ def _typed(name: str, text: str, default: Any) -> Any:
     if not re.fullmatch(r"-?\d+", text):
       raise ValueError(f"{name} must be an integer, got {text!r}")
     return int(text)
+  if isinstance(default, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise ValueError(f"{name} must be a number, got {text!r}") from None
   if isinstance(default, tuple):
     return parse_levels(text)
-  return text
+  if default is None or isinstance(default, str):
+    return text
+  raise TypeError(f"config argument {name}: no parser for defaults of type {type(default).__name__}")
 
 
 def parse_arg(
@@ -42,7 +49,7 @@ def parse_arg(
 
   Args:
     arg: the text after ':' in ``--config``, or None.
-    defaults: name -> default value (str, int, bool, a tuple of ints for levels, or None).
+    defaults: name -> default value (str, int, float, bool, a tuple of ints for levels, or None).
     choices: name -> the values it may take.
 
   Raises:

@@ -43,7 +43,8 @@ ARMS = (("fsq", 8), ("vq", 8), ("fsq", 14))  # (quantizer, log2 codebook size)
 PSNR_TOLERANCE = 0.25  # dB
 USAGE_TOLERANCE = 0.01  # of the codebook: one percentage point
 REPORT_STEPS = (1000, 2000, 3000, 4000)
-# The recipe these runs measured (the CPU config's before it took a cosine schedule, clipping and b1 = 0.9).
+# The recipe these runs measured (the CPU studies' before they took a cosine schedule, clipping and
+# b1 = 0.9).
 CONSTANT_RECIPE = (
   "optimizer.schedule=constant",
   "optimizer.grad_clip_norm=0.0",

@@ -1,4 +1,5 @@
-"""The distinct token footprints of a run's dataset: how many codes its data can reach at most.
+"""The distinct token footprints of a run's dataset: a lower bound on the distinct inputs its data offers
+the quantizer.
 
   python -m scripts.data_ceiling --workdir runs/experiments/codebook_size/cpu/fsq_16_stage1 \
     --out experiments/results/codebook_size/cpu/data_ceiling.json
@@ -6,8 +7,8 @@
 Reads the dataset and the tokenizer's downsampling factor from the run's recorded config
 (WORKDIR/config.json), reads its evaluation and training splits as evaluation does (no flips or random
 crops), and counts the distinct ``patch x patch`` pixel blocks of each (``fsq.evals.footprints``); prints
-the result and writes it to --out as JSON. A codebook larger than the distinct footprints cannot be used
-in full on that split; one far smaller can.
+the result and writes it to --out as JSON. A split with far more distinct footprints than codes does not
+limit the codebook's usage (a token's receptive field contains its footprint).
 """
 
 from __future__ import annotations

@@ -91,16 +91,24 @@ def check_config(run: Run, train: Sequence[str]) -> dict:
 
 
 # Fields a run may change between its start and a resume without changing what it trains: where its
-# folders are (an experiment folder moved), the stage I checkpoint pinned at its start, and how often it
-# evaluates, checkpoints and logs.
+# folders are (an experiment folder moved), the stage I checkpoint pinned at its start, how it reads its
+# data, how often it evaluates, checkpoints and logs, and what it profiles or reports.
 RESUME_FREE = (
   "tokenizer_workdir",
   "tokenizer_step",
   "data.data_dir",
+  "data.manual_dir",
   "data.tokens_dir",
+  "data.worker_count",
+  "data.prefetch_buffer_size",
   "eval_every_steps",
   "checkpoint_every_steps",
   "log_every_steps",
+  "max_to_keep",
+  "preemption_check_every_steps",
+  "profile_steps",
+  "peak_flops_per_device",
+  "debug_nan_at_step",
 )
 
 
@@ -119,6 +127,28 @@ def recipe_changes(recorded: Mapping[str, Any], current: Mapping[str, Any], pref
     elif old != new:
       changed.append(f"{name}: {old!r} recorded, {new!r} now")
   return changed
+
+
+def stale_runs(
+  runs: Sequence[Run], directory: Path, configs: Mapping[str, Mapping[str, Any]]
+) -> dict[str, str]:
+  """Run name -> why its workdir holds another run than the sweep would start now: its recorded config
+  differs (``recipe_changes``), or the stage I it was trained on is stale or gone (a stage II run keeps
+  the stage I it started on; a retrained stage I would not be it). ``runs`` in experiment order."""
+  stale = {}
+  for run in runs:
+    recorded = directory / run.name / "config.json"
+    if not recorded.exists():
+      continue
+    changes = recipe_changes(json.loads(recorded.read_text()), configs[run.name])
+    dependency = run.depends_on
+    if changes:
+      stale[run.name] = "; ".join(changes)
+    elif dependency in stale:
+      stale[run.name] = f"its stage I {dependency} is stale"
+    elif dependency is not None and not (directory / dependency / "config.json").exists():
+      stale[run.name] = f"its stage I {dependency} is gone"
+  return stale
 
 
 def evaluate_command(run: Run, directory: Path, python: str = sys.executable) -> list[str]:
@@ -348,6 +378,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument(
     "--override", action="append", default=[], metavar="FIELD=VALUE", help="--config.FIELD=VALUE for all"
   )
+  parser.add_argument(
+    "--accept_config_changes",
+    action="store_true",
+    help="resume and tabulate runs whose recorded config differs from the one they would get now",
+  )
   args = parser.parse_args(argv)
   try:
     args.root = run_path(args.root, "--root")
@@ -381,23 +416,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   log_dir = Path(log_dir).absolute()
   complete = {run.name for run in runs if (directory / run.name / "results.json").exists()}
   tpu = (args.tpu, args.zone, args.dry_run) if args.tpu else None
-  stale = []
-  for run in runs:
-    config = check_config(run, train_command(run, directory, args.override))
-    recorded = directory / run.name / "config.json"
-    if recorded.exists():
-      changes = recipe_changes(json.loads(recorded.read_text()), config)
-      stale += [f"{run.name} ({'; '.join(changes)})"] if changes else []
-  if stale:
+  stale = stale_runs(
+    runs,
+    directory,
+    {run.name: check_config(run, train_command(run, directory, args.override)) for run in runs},
+  )
+  if stale and not args.accept_config_changes:
     raise ValueError(
       f"runs in {directory} were started with another config than they would get now; move them aside "
-      f"(or restore their config) to rerun them: {', '.join(stale)}"
+      f"(or restore their config) to rerun them, or pass --accept_config_changes: "
+      + ", ".join(f"{name} ({reason})" for name, reason in stale.items())
     )
   keep_log = not (args.print or args.dry_run)
   if keep_log:
     directory.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
   log = Log(log_dir / "sweep.log" if keep_log else None)
+  for name, reason in stale.items():
+    log(f"{name}: kept although its config changed (--accept_config_changes): {reason}")
   sweep = Sweep(directory, tuple(args.override), tpu, log, Processes(), log_dir)
 
   if args.print:

@@ -137,28 +137,32 @@ def test_plain_vq_is_maskgit_vq_without_the_entropy_loss():
 def test_config_arguments_parse_typed_like_their_defaults_and_name_bad_ones():
   from configs.common import given, parse_arg
 
-  defaults = dict(stage="oracle", steps=1000, levels=(8, 5, 5, 5), remat=False, note=None)
+  defaults = dict(stage="oracle", steps=1000, levels=(8, 5, 5, 5), remat=False, note=None, lr=1e-3)
   assert parse_arg(None, defaults) == defaults
-  assert parse_arg("steps=20, levels=7-5-5-5-5,remat=true,note=x", defaults) == {
+  assert parse_arg("steps=20, levels=7-5-5-5-5,remat=true,note=x,lr=3e-4", defaults) == {
     "stage": "oracle",
     "steps": 20,
     "levels": (7, 5, 5, 5, 5),
     "remat": True,
     "note": "x",
+    "lr": 3e-4,
   }
   assert given("steps=20,levels=8-8") == {"steps", "levels"}
   for arg, message in (
     ("steps=2k", "steps must be an integer, got '2k'"),
     ("remat=yes", "remat must be true or false, got 'yes'"),
+    ("lr=fast", "lr must be a number, got 'fast'"),
     ("levels=8,5", "config argument items must be key=value, got '5' in 'levels=8,5'"),
     (
       "stages=lm",
-      "unknown config arguments ['stages'] in 'stages=lm'; known: ['levels', 'note', 'remat', 'stage', "
-      "'steps']",
+      "unknown config arguments ['stages'] in 'stages=lm'; known: ['levels', 'lr', 'note', 'remat', "
+      "'stage', 'steps']",
     ),
     ("stage=lm", "stage must be one of ['oracle', 'base'], got 'lm'"),
   ):
     with pytest.raises(ValueError, match=re.escape(message)):
       parse_arg(arg, defaults, dict(stage=("oracle", "base")))
+  with pytest.raises(TypeError, match="config argument size: no parser for defaults of type list"):
+    parse_arg("size=3", dict(size=[1]))
   with pytest.raises(ValueError, match=re.escape("unknown config arguments ['quantiser']")):
     get_config("quantiser=fsq")  # every config declares its arguments

@@ -231,33 +231,47 @@ def test_a_config_typo_or_bad_value_stops_the_sweep_before_anything_starts(tmp_p
 
 def test_a_run_started_under_another_recipe_stops_the_sweep_and_a_moved_one_does_not(tmp_path, capsys):
   """A workdir whose config.json differs from the config its run would get now (here: the optimizer's b1
-  and a field the run never had) is named with the fields, before anything starts; paths, the pinned
-  stage I step and how often a run evaluates may differ (an experiment folder moved, a resume)."""
+  and a field the run never had) is named with the fields, before anything starts, and so is the stage II
+  run trained on it, or on a stage I that is gone; paths, the pinned stage I step and how often a run
+  evaluates may differ (an experiment folder moved, a resume). --accept_config_changes keeps them."""
   root = tmp_path / "runs"
   args = ["codebook_size", f"--root={root}", "--only", "fsq_8_stage2", "--print"]
-  run = {r.name: r for r in codebook_size.runs("cpu")}["fsq_8_stage2"]
   directory = root / "codebook_size" / "cpu"
-  config = sweep.check_config(run, sweep.train_command(run, directory, []))
-  moved = {
-    **config,
-    "tokenizer_workdir": "/elsewhere/fsq_8_stage1",
-    "tokenizer_step": 1000,
-    "eval_every_steps": 7,
-    "data": {**config["data"], "data_dir": "/elsewhere/tfds"},
-  }
-  (directory / "fsq_8_stage2").mkdir(parents=True)
-  (directory / "fsq_8_stage2" / "config.json").write_text(json.dumps(moved))
+  runs = {r.name: r for r in codebook_size.runs("cpu")}
+  configs = {n: sweep.check_config(runs[n], sweep.train_command(runs[n], directory, [])) for n in runs}
+  moved = {}
+  for name in ("fsq_8_stage1", "fsq_8_stage2"):
+    config = configs[name]
+    moved[name] = {
+      **config,
+      "tokenizer_workdir": "/elsewhere/fsq_8_stage1",
+      "tokenizer_step": 1000,
+      "eval_every_steps": 7,
+      "data": {**config["data"], "data_dir": "/elsewhere/tfds"},
+    }
+    (directory / name).mkdir(parents=True)
+    (directory / name / "config.json").write_text(json.dumps(moved[name]))
   assert sweep.main(args) == 0
   capsys.readouterr()
 
-  other = {**moved, "optimizer": {**config["optimizer"], "b1": 0.0}, "retired_field": 1}
-  (directory / "fsq_8_stage2" / "config.json").write_text(json.dumps(other))
-  expected = (
-    r"fsq_8_stage2 \(optimizer\.b1: 0\.0 recorded, 0\.9 now; retired_field: 1 recorded, '\(absent\)' now\)"
+  stage_1 = moved["fsq_8_stage1"]
+  other = {**stage_1, "optimizer": {**stage_1["optimizer"], "b1": 0.0}, "retired_field": 1}
+  (directory / "fsq_8_stage1" / "config.json").write_text(json.dumps(other))
+  changes = (
+    r"fsq_8_stage1 \(optimizer\.b1: 0\.0 recorded, 0\.9 now; retired_field: 1 recorded, '\(absent\)' now\)"
   )
-  with pytest.raises(ValueError, match=r"started with another config than they would get now; .*" + expected):
+  with pytest.raises(ValueError, match=r"another config than they would get now; .*" + changes):
     sweep.main(args)
   assert capsys.readouterr().out == ""  # nothing printed or started
+  assert sweep.stale_runs(list(runs.values()), directory, configs) == {
+    "fsq_8_stage1": "optimizer.b1: 0.0 recorded, 0.9 now; retired_field: 1 recorded, '(absent)' now",
+    "fsq_8_stage2": "its stage I fsq_8_stage1 is stale",
+  }
+  assert sweep.main([*args, "--accept_config_changes"]) == 0
+  (directory / "fsq_8_stage1" / "config.json").unlink()  # moved aside, to be retrained
+  assert sweep.stale_runs(list(runs.values()), directory, configs) == {
+    "fsq_8_stage2": "its stage I fsq_8_stage1 is gone"
+  }
   assert sweep.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}) == []
   assert sweep.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == [
     "a.b: [1, 2] recorded, [1, 3] now"

@@ -75,6 +75,15 @@ def test_bad_task_names_and_registrations_are_refused():
     ValueError, match="its stage I 'uvim_lm' must be a registered family with frozen_params"
   ):
     base.register(orphan)
+  unknown = TaskFamily(
+    "stage_two", build_autoencoder_task, check_conv, stage_one="nowhere", frozen_params="p"
+  )
+  with pytest.raises(ValueError, match="its stage I 'nowhere' must be a registered family"):
+    base.register(unknown)
+  from fsq.tasks import restore_stage_one
+
+  with pytest.raises(ValueError, match=r"config\.task = 'tokenizer' trains on no stage I run"):
+    restore_stage_one(maskgit_config("stage=tokenizer,run=cpu,quantizer=fsq"))
 
 
 def test_a_new_family_is_one_registry_entry_away_from_the_config_check_and_training(monkeypatch):

@@ -1,10 +1,11 @@
-"""What a dataset lets a tokenizer's codebook reach: the distinct pixel blocks its tokens cover.
+"""How many distinct inputs a dataset offers a tokenizer's quantizer: the distinct pixel blocks its tokens
+cover.
 
 A tokenizer that downsamples by ``patch`` gives each token a ``patch x patch`` block of the image (its
-footprint; its receptive field is wider). Tokens whose footprints are identical everywhere around them
-must share a code, so a split with fewer distinct footprints than codes cannot use the whole codebook;
-one with many more can. Counting them tells a usage shortfall that is the data's (Fashion-MNIST's flat
-black background) from one that is the model's.
+footprint). A token's code is a function of its receptive field, which contains the block, so a split
+offers the quantizer at least as many distinct inputs as it has distinct blocks: a split with many more
+distinct blocks than codes does not limit codebook usage, and a usage shortfall there is the model's,
+not the data's (e.g. Fashion-MNIST's flat black background).
 """
 
 from __future__ import annotations

@@ -56,10 +56,13 @@ def restore_stage_one(config: ml_collections.ConfigDict) -> dict:
   """The variables a stage II run freezes, of the stage I run in ``config.tokenizer_workdir``: its
   checkpoint of step ``config.tokenizer_step``, or its newest when that is 0 (or absent, in configs
   written before it); the parameters its family names (``TaskFamily.frozen_params``) and model state."""
+  stage_one = family_of(config).stage_one
+  if stage_one is None:
+    raise ValueError(f"config.task = {config.task!r} trains on no stage I run")
   if not config.tokenizer_workdir:
     raise ValueError("config.tokenizer_workdir must name the stage I workdir, got ''")
   step = config.get("tokenizer_step", 0)
-  key = FAMILIES[family_of(config).stage_one].frozen_params
+  key = FAMILIES[stage_one].frozen_params
   try:
     workdir = run_path(config.tokenizer_workdir, "config.tokenizer_workdir")
     state = restore_step_to_host(workdir / "checkpoints", step, (key, "model_state"))

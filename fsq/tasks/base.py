@@ -93,7 +93,9 @@ def register(family: TaskFamily) -> TaskFamily:
   """Adds ``family`` to FAMILIES."""
   if family.name in FAMILIES:
     raise ValueError(f"task family {family.name!r} is registered already")
-  if family.stage_one is not None and FAMILIES.get(family.stage_one, family).frozen_params is None:
+  if family.stage_one is not None and (
+    family.stage_one not in FAMILIES or FAMILIES[family.stage_one].frozen_params is None
+  ):
     raise ValueError(
       f"task family {family.name!r}: its stage I {family.stage_one!r} must be a registered family "
       "with frozen_params"
