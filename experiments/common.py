@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
+from fsq.files import run_path, write_atomically
 from fsq.tasks.base import METRICS
-from fsq.train.files import run_path, write_atomically
 
 SCALES = ("cpu", "paper")
 NOT_EXPERIMENTS = ("common", "convergence")  # the helper modules of this package

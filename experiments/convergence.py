@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import Run, markdown_table, pyplot, save_figure
-from fsq.train.files import run_path
+from fsq.files import run_path
 from fsq.train.writers import read_metrics
 
 TRAIN_KEYS = ("mse", "loss")  # the reconstruction term of a tokenizer, else the whole objective

@@ -34,7 +34,7 @@ from experiments.common import (
   save_figure,
 )
 from experiments.convergence import series
-from fsq.train.files import run_path
+from fsq.files import run_path
 from fsq.train.writers import read_metrics
 
 STEPS = 4000

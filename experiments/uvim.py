@@ -40,7 +40,7 @@ from experiments.common import (
   save_figure,
   value,
 )
-from fsq.train.files import run_path
+from fsq.files import run_path
 
 SEEDS = (0, 1, 2)  # stage II runs per arm, as the paper's three (Table 2 reports their mean)
 CPU_COLOR_FID_IMAGES = 500  # the whole test split of synthetic_scenes/64

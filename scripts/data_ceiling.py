@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
   parser.add_argument("--out", type=Path, help="JSON file for the result")
   args = parser.parse_args(argv)
   from fsq.evals.footprints import footprint_stats
+  from fsq.files import report_json
   from fsq.train.data import InputPipeline
-  from fsq.train.files import report_json
   from fsq.train.writers import read_config
 
   config = read_config(args.workdir)

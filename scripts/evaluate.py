@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   distributed.log_to_stdout()
   distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
-  from fsq.evals.run_eval import evaluate
+  from fsq.tasks.evaluate import evaluate
 
   metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
   evaluate(args.workdir, metrics, args.num_images)

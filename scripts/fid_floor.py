@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   logging.basicConfig(
     level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
   )
-  from fsq.evals.run_eval import real_floor
-  from fsq.train.files import report_json
+  from fsq.files import report_json
+  from fsq.tasks.evaluate import real_floor
   from fsq.train.writers import read_config
 
   result = real_floor(read_config(args.workdir), args.num_images)

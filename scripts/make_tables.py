@@ -28,7 +28,7 @@ from experiments.common import (
   load_results,
 )
 from experiments.convergence import convergence_table, curves_figure
-from fsq.train.files import write_text_atomically
+from fsq.files import write_text_atomically
 
 
 def render(

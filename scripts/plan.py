@@ -136,10 +136,10 @@ def plan(config, chip: str | None = None, train_only: bool = False, devices: lis
   import jax
 
   from fsq.tasks import build_abstract_task
+  from fsq.tasks.validate import validate_config
   from fsq.train import mesh as mesh_lib
   from fsq.train.data import batch_spec
   from fsq.train.loop import jit_train_step
-  from fsq.train.validate import validate_config
 
   validate_config(config)
   task = build_abstract_task(config)

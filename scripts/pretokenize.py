@@ -46,11 +46,11 @@ def pretokenize(config, output: str | Path, split: str = "") -> dict:
   import numpy as np
 
   from fsq.data import tokens as tokens_lib
+  from fsq.files import is_cloud, run_path
   from fsq.tasks import build_task
   from fsq.train import mesh as mesh_lib
   from fsq.train.checkpoint import saved_step
   from fsq.train.data import InputPipeline
-  from fsq.train.files import is_cloud, run_path
 
   if config.task != "transformer":
     raise ValueError(f"config.task must be 'transformer' (a MaskGIT stage II config), got {config.task!r}")

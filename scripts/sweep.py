@@ -47,7 +47,7 @@ from experiments.common import (
   experiment_runs,
   load_experiment,
 )
-from fsq.train.files import is_cloud, local_path, run_path
+from fsq.files import is_cloud, local_path, run_path
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_TPU = REPO / "scripts" / "launch_tpu.sh"
@@ -77,7 +77,7 @@ def check_config(run: Run, train: Sequence[str]) -> dict:
   from absl import flags
   from ml_collections import config_flags
 
-  from fsq.train.validate import validate_config
+  from fsq.tasks.validate import validate_config
 
   argv = ["sweep", *(a for a in train[3:] if a.startswith("--config"))]
   values = flags.FlagValues()

@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
   distributed.log_to_stdout()
   distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from fsq.tasks import train_and_evaluate
-  from fsq.train.validate import validate_config
+  from fsq.tasks.validate import validate_config
 
   config = _CONFIG.value
   validate_config(config)

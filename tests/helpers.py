@@ -9,7 +9,7 @@ import numpy as np
 
 from fsq.evals import inception
 from fsq.evals.features import to_inception_input
-from fsq.train.validate import validate_config
+from fsq.tasks.validate import validate_config
 
 
 def patched(config: ml_collections.ConfigDict, overrides: Mapping[str, object]) -> ml_collections.ConfigDict:

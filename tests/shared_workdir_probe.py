@@ -1,4 +1,4 @@
-"""A process of a multi-process job that checks its workdir is shared (``fsq.train.files.check_shared``),
+"""A process of a multi-process job that checks its workdir is shared (``fsq.files.check_shared``),
 for tests/test_files.py through scripts.launch_local: ``--per_process`` gives each process a directory
 of its own, as per-host local disks would."""
 
@@ -19,7 +19,7 @@ def main() -> int:
   distributed.initialize("on", args.coordinator_address, args.num_processes, args.process_id)
   from pathlib import Path
 
-  from fsq.train.files import check_shared
+  from fsq.files import check_shared
 
   workdir = Path(args.workdir) / (f"host_{args.process_id}" if args.per_process else "")
   try:

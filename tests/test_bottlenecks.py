@@ -70,7 +70,7 @@ def test_a_new_kind_is_one_registry_entry_away_from_a_trained_step(monkeypatch):
   into the tokenizer, whose encoder outputs the width it asks for: nothing else lists kinds."""
   from configs.maskgit import get_config
   from fsq.tasks import build_task
-  from fsq.train.validate import validate_config
+  from fsq.tasks.validate import validate_config
 
   monkeypatch.setattr(bottlenecks, "KINDS", dict(KINDS))
   bottlenecks.register("fsq_symmetric")(lambda f: layers.FSQ(levels=tuple(f.levels), symmetric=True))

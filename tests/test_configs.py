@@ -11,7 +11,7 @@ import pytest
 from configs.maskgit import get_config
 from fsq.data.pipeline import _Scale
 from fsq.tasks import build_maskgit_task, build_task
-from fsq.train.validate import validate_config
+from fsq.tasks.validate import validate_config
 
 TABLE_1 = {8: (8, 6, 5), 10: (8, 5, 5, 5), 12: (7, 5, 5, 5, 5), 14: (8, 8, 8, 6, 5), 16: (8, 8, 8, 5, 5, 5)}
 

@@ -11,10 +11,11 @@ import scipy.linalg
 
 from configs.maskgit import get_config as get_maskgit_config
 from fsq import weights
-from fsq.evals import run_eval, sample_metrics
+from fsq.evals import sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features, to_inception_input
-from fsq.evals.run_eval import evaluate, load_run, real_floor, sample_batches
+from fsq.tasks import evaluate as run_eval
 from fsq.tasks import restore_stage_one, train_and_evaluate
+from fsq.tasks.evaluate import evaluate, load_run, real_floor, sample_batches
 from fsq.train.checkpoint import restore_step_to_host, restore_to_host, saved_steps
 from fsq.train.data import InputPipeline
 from fsq.train.mesh import make_mesh

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs.autoencoder import get_config
-from fsq.train.files import local_path, run_path, write_atomically, write_text_atomically
-from fsq.train.validate import validate_config
+from fsq.files import local_path, run_path, write_atomically, write_text_atomically
+from fsq.tasks.validate import validate_config
 from scripts import sweep
 from tests.test_train import REPO, run_cli, without_device_count
 

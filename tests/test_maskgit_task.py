@@ -229,7 +229,7 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   with pytest.raises(ValueError, match="tokenizer_step: tokens made with 2, this run has 1"):
     run(tmp_path / "other", 2, tokenizer_step=1)
   # Evaluation reads images: a run trained on tokens loads without its tokens folder.
-  from fsq.evals.run_eval import load_run
+  from fsq.tasks.evaluate import load_run
 
   (tmp_path / "tokens").rename(tmp_path / "tokens_gone")
   assert load_run(tmp_path / "straight").step == 4

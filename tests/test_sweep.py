@@ -17,8 +17,8 @@ from configs.maskgit import get_config
 from configs.uvim import get_config as get_uvim_config
 from experiments import codebook_size, common, convergence, levels_sweep, maskgit_imagenet256, settling, uvim
 from experiments.common import MISSING, Run
-from fsq.train.files import run_path
-from fsq.train.validate import validate_config
+from fsq.files import run_path
+from fsq.tasks.validate import validate_config
 from scripts import make_tables, sweep
 
 

@@ -9,7 +9,7 @@ from configs.uvim import get_config as uvim_config
 from fsq.tasks import base, build_abstract_task, build_autoencoder_task
 from fsq.tasks.base import FAMILIES, METRICS, Task, TaskFamily, family_of
 from fsq.tasks.checks import check_conv
-from fsq.train.validate import validate_config
+from fsq.tasks.validate import validate_config
 
 CONFIGS = {  # one CPU config of each family
   "autoencoder": lambda: _autoencoder(),

@@ -17,10 +17,10 @@ import tensorflow_datasets as tfds
 
 from configs.autoencoder import get_config
 from fsq.data import pipeline
+from fsq.files import run_path
 from fsq.tasks import train_and_evaluate
 from fsq.train import writers
 from fsq.train.checkpoint import Checkpointer, restore_to_host
-from fsq.train.files import run_path
 from fsq.train.loop import NonFiniteLossError
 from tests.helpers import patched
 

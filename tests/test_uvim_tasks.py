@@ -13,11 +13,11 @@ import pytest
 from configs.uvim import get_config
 from fsq import weights
 from fsq.data import builders
-from fsq.evals import run_eval
 from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality
 from fsq.evals.features import FeatureExtractor
-from fsq.evals.run_eval import colorization_fid, evaluate, load_run
 from fsq.tasks import build_task, build_uvim_stage_two_task, train_and_evaluate
+from fsq.tasks import evaluate as run_eval
+from fsq.tasks.evaluate import colorization_fid, evaluate, load_run
 from fsq.tasks.uvim_outputs import (
   ColorizationRepresentation,
   DepthRepresentation,
@@ -30,8 +30,8 @@ from fsq.tasks.uvim_outputs import (
   panoptic_loss,
   panoptic_stats,
 )
+from fsq.tasks.validate import validate_config
 from fsq.train.checkpoint import restore_to_host
-from fsq.train.validate import validate_config
 from tests.helpers import flat_params, inception_pool, patched
 from tests.test_evals import _fid_scipy
 from tests.test_train import REPO, read_metrics, restore_params, run_one_process, run_two_processes

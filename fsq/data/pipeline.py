@@ -36,8 +36,8 @@ import tensorflow_datasets as tfds
 from absl import flags, logging
 from PIL import Image
 
+from fsq import files
 from fsq.data import dense_targets
-from fsq.train import files
 
 RESIZE_MODES = ("pad", "crop", "squash")
 RANDOM_CROPS = ("", "inception")

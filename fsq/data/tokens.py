@@ -27,7 +27,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from fsq.train import files
+from fsq import files
 
 FORMAT = "fsq-tokens/1"
 MANIFEST = "manifest.json"

@@ -21,8 +21,8 @@ from jax.experimental import multihost_utils
 
 from fsq import weights
 from fsq.evals import inception
+from fsq.files import run_path, write_atomically
 from fsq.train import mesh as mesh_lib
-from fsq.train.files import run_path, write_atomically
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from fsq.train.files import write_atomically
+from fsq.files import write_atomically
 
 
 def _as_features(name: str, x, dim: int | None = None) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage
 
-from fsq.train.files import run_path
+from fsq.files import run_path
 
 DROPPED = ("cls", "head", "pre_logits")
 

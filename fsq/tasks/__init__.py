@@ -16,6 +16,7 @@ import ml_collections
 
 from fsq import bottlenecks
 from fsq.data import tokens as tokens_lib
+from fsq.files import run_path
 from fsq.maskgit.vocab import Vocabulary
 from fsq.models.autoencoder import Autoencoder
 from fsq.models.discriminator import Discriminator
@@ -33,7 +34,6 @@ from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentati
 from fsq.train import loop, stages
 from fsq.train.checkpoint import restore_step_to_host
 from fsq.train.data import batch_spec
-from fsq.train.files import run_path
 from fsq.train.state import make_optimizer
 
 

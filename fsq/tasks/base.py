@@ -1,6 +1,6 @@
 """The task contract of the generic loop, and the one registry of task families.
 
-A task is what the loop (``fsq.train.loop``) and evaluation (``fsq.evals.run_eval``) know of a model
+A task is what the loop (``fsq.train.loop``) and evaluation (``fsq.tasks.evaluate``) know of a model
 family: a frozen dataclass holding its modules and optimizer, whose methods are pure functions of the
 training state, a batch and the task's constants (``Task``). A task family is the entry that builds such
 a task from a config and says what applies to it (``TaskFamily``); ``config.task`` names one. Adding a
@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-# The post-hoc metrics of scripts.evaluate (fsq.evals.run_eval computes each); a family says which apply.
+# The post-hoc metrics of scripts.evaluate (fsq.tasks.evaluate computes each); a family says which apply.
 METRICS = ("rfid", "fid", "compression", "color_fid", "dense_native", "train_usage")
 
 

@@ -17,12 +17,12 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from fsq.files import check_shared, run_path, write_text_atomically
 from fsq.metrics import CodebookUsage
 from fsq.train import checkpoint, resident
 from fsq.train import flops as flops_lib
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline, batch_spec, device_images
-from fsq.train.files import check_shared, run_path, write_text_atomically
 from fsq.train.writers import MetricWriter, write_config
 
 if TYPE_CHECKING:  # the loop imports no task module: callers hand it a built task

@@ -8,8 +8,8 @@ from pathlib import Path
 import ml_collections
 
 from fsq.data import tokens as tokens_lib
+from fsq.files import run_path
 from fsq.train.checkpoint import saved_step
-from fsq.train.files import run_path
 from fsq.train.writers import read_config
 
 

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fsq.train.files import is_cloud, run_path, write_text_atomically
+from fsq.files import is_cloud, run_path, write_text_atomically
 
 
 def write_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:

@@ -7,10 +7,10 @@ import ml_collections
 
 from fsq import bottlenecks
 from fsq.data.pipeline import RANDOM_CROPS, RESIZE_MODES
+from fsq.files import local_path, run_path
 from fsq.quantizers import check_levels
 from fsq.tasks.base import family_of
 from fsq.tasks.checks import compute_dtype, positive_int
-from fsq.train.files import local_path, run_path
 from fsq.train.mesh import mesh_shape
 
 

@@ -22,12 +22,12 @@ from jax.experimental import multihost_utils
 
 from fsq.evals import dense_metrics, sample_metrics
 from fsq.evals.features import FeatureExtractor, reference_features
+from fsq.files import run_path, write_text_atomically
 from fsq.tasks import build_task
 from fsq.tasks.base import METRICS, family_of
 from fsq.train import checkpoint
 from fsq.train import mesh as mesh_lib
 from fsq.train.data import InputPipeline
-from fsq.train.files import run_path, write_text_atomically
 from fsq.train.writers import read_config
 
 log = logging.getLogger(__name__)

@@ -7,6 +7,11 @@ workdir is one directory every process sees; ``write_atomically`` writes so that
 preemption sees the old file or the new one (a cloud object is uploaded whole or not at all).
 """
 
+# ruff: noqa: E402 (the [train] extra is checked before the imports that need it)
+from fsq.extras import require
+
+require("train", "fsq.files")
+
 import importlib.util
 import json
 import os
