@@ -268,6 +268,32 @@ def test_a_save_interrupted_midway_is_ignored_on_resume(tfds_data_dir, tmp_path)
   assert all(np.all(np.isfinite(p)) for p in params)
 
 
+def test_replicated_arrays_are_saved_in_replica_slices_only_when_a_slice_holds_1_mib(tmp_path, caplog):
+  """Small replicated arrays go whole from one replica (no slice program compiled); an array of 8 MiB
+  over 8 devices still goes in 1 MiB slices, one per replica; both restore exactly, onto any sharding."""
+  from fsq.train.checkpoint import MIN_REPLICA_SLICE_BYTES
+
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rng = np.random.default_rng(0)
+  small = {"a": rng.normal(size=(24, 3)).astype(np.float32), "b": np.arange(40, dtype=np.int32)}
+  large = {"w": rng.normal(size=(8 * MIN_REPLICA_SLICE_BYTES // 4,)).astype(np.float32)}
+  assert len(jax.devices()) == 8
+  for name, state, sliced in (("small", small, False), ("large", large, True)):
+    placed = jax.device_put(state, replicated)
+    checkpointer = Checkpointer(tmp_path / name, async_save=False)
+    caplog.clear()
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+      checkpointer.save(1, placed)
+    assert any("jit(slice)" in r.getMessage() for r in caplog.records) == sliced, name
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), placed)
+    restored = checkpointer.restore(1, target)
+    checkpointer.close()
+    for key, value in state.items():
+      np.testing.assert_array_equal(np.asarray(restored[key]), value)
+      assert restored[key].sharding == replicated
+
+
 @pytest.mark.slow
 def test_bad_config_fails_before_compiling(tfds_data_dir, tmp_path):
   result = run_cli([*cli_args(tmp_path / "a", tfds_data_dir, 2), "--config.model.filterz=3"])

@@ -4,6 +4,12 @@ orbax writes each step into a temporary directory and renames it when complete (
 cannot rename, it marks a finished step with a commit file instead), so a run killed in the
 middle of a save leaves the previous checkpoint as the latest readable one; temporary directories are
 ignored on restore. Restoring takes the target shardings, so a run can resume on a different mesh.
+
+A replicated array is written in slices, one per replica, so that the replicas share the upload
+(orbax's replica-parallel saving), but only where each slice holds at least ``MIN_REPLICA_SLICE_BYTES``:
+cutting an array takes one compiled slice program per shape and replica (on a state of tiny arrays
+replicated over 8 devices, 128 programs, a quarter of the compile time of a whole training run), and
+a slice under 1 MiB uploads no faster than the whole array from one replica.
 """
 
 from __future__ import annotations
@@ -12,16 +18,31 @@ from pathlib import Path
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from fsq.train.files import is_cloud, run_path
+from fsq.files import is_cloud, run_path
 
 
 def _directory(path: str | Path) -> epath.Path:
   """A checkpoint directory as orbax wants it: absolute when local, a ``gs://`` URL as it is."""
   path = run_path(path, "checkpoint directory")
   return path if is_cloud(path) else path.absolute()
+
+
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """The handler of the training state: orbax's, with replica-parallel saving of large slices only."""
+  handlers = ocp.type_handlers
+  arrays = handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
+  scalars = [(t, handlers.ScalarHandler()) for t in (int, float, bytes, np.number)]
+  registry = handlers.create_type_handler_registry(
+    *scalars, (np.ndarray, handlers.NumpyHandler()), (jax.Array, arrays), (str, handlers.StringHandler())
+  )
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -48,7 +69,10 @@ class Checkpointer:
       max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
     )
     self.directory = _directory(directory)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.PyTreeSave, ocp.args.PyTreeRestore):
+      handlers.add("state", args, _state_handler())
+    self.manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=handlers)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -57,7 +81,7 @@ class Checkpointer:
     return list(self.manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None) -> None:
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.PyTreeSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     self.manager.save(int(step), args=ocp.args.Composite(**items), force=True)
@@ -65,7 +89,8 @@ class Checkpointer:
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at ``step`` placed as ``abstract_state`` says (ShapeDtypeStructs with shardings);
     ``data_iterator`` is moved to the position saved with it."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), abstract_state)
+    items = {"state": ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
