@@ -28,8 +28,8 @@ def _tokenizer_gradient(conv_class, batch_size: int):
   """The CPU tokenizer's encoder + decoder loss-and-gradient, compiled with conv_class as its convolution
   (``vqgan``'s ``Conv`` is swapped while the step is traced and compiled)."""
   images = jax.random.uniform(jax.random.key(0), (batch_size, 32, 32, 1), minval=-1, maxval=1)
-  encoder = vqgan.Encoder(32, (1, 2, 2), 1, 8, norm_groups=8)
-  decoder = vqgan.Decoder(32, (1, 2, 2), 1, 1, norm_groups=8)
+  encoder = vqgan.Encoder(32, (1, 2, 2), 1, latent_dim=8, norm_groups=8)
+  decoder = vqgan.Decoder(32, (1, 2, 2), 1, out_channels=1, norm_groups=8)
   encoder_params = encoder.init(jax.random.key(1), images)
   params = (encoder_params, decoder.init(jax.random.key(2), encoder.apply(encoder_params, images)))
 

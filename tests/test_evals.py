@@ -21,8 +21,12 @@ from fsq.train.data import InputPipeline
 from fsq.train.mesh import make_mesh
 from fsq.train.stages import resolve
 from fsq.train.writers import read_config, write_config
-from tests.helpers import inception_pool, patched
-from tests.test_train import TINY, tiny_config
+from tests.helpers import (
+  inception_pool,
+  patched,
+  tiny_autoencoder_config,
+  tiny_maskgit_config,
+)
 
 needs_inception = pytest.mark.skipif(
   not weights.path_of("inception_fid").exists(), reason="run `python -m scripts.fetch_weights inception_fid`"
@@ -60,7 +64,7 @@ def test_extract_keeps_valid_rows_in_order_and_caches_references(extractor, tmp_
   with pytest.raises(ValueError, match="ran out after 14"):
     extractor.extract(iter(batches), 20)
 
-  config = tiny_config("unused").data
+  config = tiny_autoencoder_config("unused").data
   first = reference_features(extractor, config, iter(batches), "test", 6, cache_dir=tmp_path)
   np.testing.assert_array_equal(first, feats[:6])
 
@@ -140,34 +144,13 @@ def test_evaluate_rejects_bad_requests_before_loading(tmp_path):
     evaluate(tmp_path, ("rfid",), 10)
 
 
-# The tiny MaskGIT pair's overrides of configs/maskgit.py (run=cpu), both stages.
-MASKGIT_TINY = {
-  **TINY,
-  "num_train_steps": 2,
-  "num_eval_batches": 1,
-  "gan.disc_filters": 8,
-  "transformer.hidden": 32,
-  "transformer.num_layers": 1,
-  "transformer.num_heads": 2,
-  "transformer.mlp_dim": 64,
-  "sampling.num_steps": 4,
-  "sampling.samples_per_class": 1,
-}
-
-
-def _maskgit_config(data_dir, stage, **extra):
-  config = get_maskgit_config(f"stage={stage},run=cpu,quantizer=fsq")
-  tiny = {**MASKGIT_TINY, "data.data_dir": str(data_dir), **extra}
-  return patched(config, tiny)
-
-
 @pytest.fixture(scope="module")
 def maskgit_runs(tfds_data_dir, tmp_path_factory):
   """A tiny MaskGIT stage I (``tok``) and stage II (``maskgit``) trained 2 steps each, once for the module.
   Tests copy it (``copy_runs``) before they change it."""
   root = tmp_path_factory.mktemp("maskgit_runs")
-  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer"), root / "tok")
-  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(root / "tok"))
+  train_and_evaluate(tiny_maskgit_config(tfds_data_dir, "tokenizer"), root / "tok")
+  config = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(root / "tok"))
   train_and_evaluate(config, root / "maskgit")
   return root
 
@@ -221,11 +204,11 @@ def test_stage_two_keeps_the_tokenizer_it_trained_on_when_stage_one_trains_on(
   """Stage II pins stage I's newest step when it starts (config.json); resuming it and evaluating it
   restore that step even after stage I has saved newer ones. A missing step is named."""
   copy_runs(maskgit_runs, tmp_path)
-  tokenizer = _maskgit_config(tfds_data_dir, "tokenizer")
+  tokenizer = tiny_maskgit_config(tfds_data_dir, "tokenizer")
   assert json.loads((tmp_path / "maskgit" / "config.json").read_text())["tokenizer_step"] == 2
   train_and_evaluate(patched(tokenizer, {"num_train_steps": 4}), tmp_path / "tok")  # stage I trains on
   assert saved_steps(tmp_path / "tok" / "checkpoints") == [2, 4]
-  resumed = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
+  resumed = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tmp_path / "tok"))
   assert resolve(resumed, tmp_path / "maskgit").tokenizer_step == 2
   assert resumed.tokenizer_step == 0  # the caller's config is left as it is
   resumed = resolve(resumed, tmp_path / "maskgit")
@@ -261,7 +244,7 @@ def test_stage_two_without_a_stage_one_checkpoint_names_the_workdir(tmp_path):
 @pytest.mark.slow
 @needs_inception
 def test_real_floor_scores_the_first_images_against_the_next(extractor, tfds_data_dir, tmp_path):
-  config = _maskgit_config(tfds_data_dir, "tokenizer")
+  config = tiny_maskgit_config(tfds_data_dir, "tokenizer")
   floor = real_floor(config, 4, cache_dir=tmp_path, extractor=extractor)
   # Reference: the first 8 test images in the split's order, through the network directly, one at a time.
   batch = next(InputPipeline(config.data, 8, 0).eval_batches())

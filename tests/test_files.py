@@ -10,7 +10,7 @@ from configs.autoencoder import get_config
 from fsq.files import local_path, run_path, write_atomically, write_text_atomically
 from fsq.tasks.validate import validate_config
 from scripts import sweep
-from tests.test_train import REPO, run_cli, without_device_count
+from tests.helpers import REPO, run_cli, without_device_count
 
 
 def test_write_replaces_whole_and_creates_the_folder(tmp_path):

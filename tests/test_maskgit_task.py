@@ -15,13 +15,15 @@ from fsq.maskgit.vocab import Vocabulary
 from fsq.models.transformer import BidirectionalTransformer
 from fsq.tasks import build_autoencoder, train_and_evaluate
 from fsq.tasks.maskgit import MaskGITTask
-from tests.test_train import (
+from tests.helpers import (
+  MASKGIT_TINY,
   REPO,
   read_metrics,
   restore_params,
   run_one_process,
   run_two_processes,
-  tiny_config,
+  tiny_autoencoder_config,
+  tiny_maskgit_config,
 )
 
 
@@ -36,7 +38,7 @@ def make_task(config):
 
 
 def test_masked_loss_matches_numpy_label_smoothed_cross_entropy_on_masked_positions(tfds_data_dir):
-  task = make_task(tiny_config(tfds_data_dir))
+  task = make_task(tiny_autoencoder_config(tfds_data_dir))
   tokens = jax.random.randint(jax.random.key(1), (3, 256), 0, 1000)
   labels = jnp.asarray([0, 4, 9])
   params = jax.jit(task.init)(jax.random.key(2), {"image": jnp.zeros((3, 32, 32, 1))}).params
@@ -58,7 +60,7 @@ def test_masked_loss_matches_numpy_label_smoothed_cross_entropy_on_masked_positi
 
 @pytest.mark.slow
 def test_stage_two_trains_in_the_generic_loop_and_samples(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, "steps=2")
+  config = tiny_autoencoder_config(tfds_data_dir, "steps=2")
   task = dataclasses.replace(make_task(config), samples_per_class=2, num_sampling_steps=4)
   final = train_and_evaluate(config, tmp_path, task=task)
   assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2]
@@ -74,7 +76,7 @@ def test_stage_two_trains_in_the_generic_loop_and_samples(tfds_data_dir, tmp_pat
 
 
 def test_grid_labels_give_one_row_per_class_and_spread_large_label_sets(tfds_data_dir):
-  task = make_task(tiny_config(tfds_data_dir))
+  task = make_task(tiny_autoencoder_config(tfds_data_dir))
   np.testing.assert_array_equal(task.grid_labels().reshape(10, 8), np.arange(10)[:, None] * np.ones((1, 8)))
   imagenet = dataclasses.replace(task, vocab=Vocabulary(1000, 1000), samples_per_class=2)
   np.testing.assert_array_equal(imagenet.grid_labels()[::2], [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
@@ -82,12 +84,11 @@ def test_grid_labels_give_one_row_per_class_and_spread_large_label_sets(tfds_dat
 
 @pytest.fixture(scope="module")
 def stage_one(tfds_data_dir, tmp_path_factory):
-  """The tiny tokenizer of ``tests.test_evals._maskgit_config`` trained 2 steps, with checkpoints at
+  """The tiny tokenizer of ``tests.helpers.tiny_maskgit_config`` trained 2 steps, with checkpoints at
   steps 1 and 2, once for the module (the tests only read it)."""
-  from tests.test_evals import _maskgit_config
 
   workdir = tmp_path_factory.mktemp("stage_one") / "tok"
-  train_and_evaluate(_maskgit_config(tfds_data_dir, "tokenizer", checkpoint_every_steps=1), workdir)
+  train_and_evaluate(tiny_maskgit_config(tfds_data_dir, "tokenizer", checkpoint_every_steps=1), workdir)
   return workdir
 
 
@@ -99,7 +100,6 @@ def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_d
   mesh of every process (a tokenizer committed to one device cannot be moved to a mesh that spans
   processes). This replaces the autoencoder's two-process test: the same loop, launcher and sharded
   input, plus the frozen constants."""
-  from tests.test_evals import MASKGIT_TINY
 
   overrides = {  # the tiny stage II of _maskgit_config, on 2 data shards
     **MASKGIT_TINY,
@@ -154,7 +154,6 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   from fsq.train import mesh as mesh_lib
   from fsq.train.data import InputPipeline, batch_spec
   from fsq.train.loop import jit_train_step
-  from tests.test_evals import MASKGIT_TINY, _maskgit_config
 
   split = "train[:20]"
   stage_two = {**MASKGIT_TINY, "data.data_dir": tfds_data_dir, "tokenizer_workdir": stage_one}
@@ -167,7 +166,7 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   assert [f["num_records"] for f in manifest["files"]] == [10, 10]
   assert manifest["tokenizer_step"] == 2 and manifest["seq_len"] == 256 and manifest["dtype"] == "<u2"
   # The reference: the same images straight from the pipeline, mirrored in numpy, through the tokenizer.
-  config = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one))
+  config = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one))
   config.tokenizer_step = 2
   task = build_task(config)
   source = InputPipeline(config.data, 8, 0).train_source
@@ -209,7 +208,7 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   # 4 steps straight equal 2 steps, a restart, and 2 more (the token loader's state is checkpointed;
   # a constant learning rate, as the schedule depends on num_train_steps).
   def run(workdir, steps, **extra):
-    c = _maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one), **extra)
+    c = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one), **extra)
     c.data.tokens_dir, c.data.random_flip, c.num_train_steps = str(tmp_path / "tokens"), True, steps
     c.data.train_split = split  # the manifest pins the split the tokens were made of
     c.optimizer.schedule = "constant"

@@ -14,9 +14,7 @@ from fsq import quantizers
 from fsq.maskgit.vocab import Vocabulary
 from fsq.tasks import build_autoencoder, build_maskgit_task, build_task, build_transformer, build_uvim
 from fsq.tasks.validate import validate_config
-from tests.helpers import patched
-from tests.test_evals import MASKGIT_TINY
-from tests.test_uvim_tasks import TINY as UVIM_TINY
+from tests.helpers import MASKGIT_TINY, UVIM_TINY, patched
 
 
 def _tokenizer_config(**extra):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scripts import plan as plan_lib
-from tests.test_train import REPO
+from tests.helpers import REPO
 
 
 def _plan(*args):

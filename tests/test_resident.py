@@ -12,7 +12,7 @@ from fsq.data import pipeline
 from fsq.tasks import train_and_evaluate
 from fsq.train import mesh as mesh_lib
 from fsq.train import resident
-from tests.test_train import read_metrics, restore_params, tiny_config
+from tests.helpers import read_metrics, restore_params, tiny_autoencoder_config
 
 
 def _dataset(n=24, size=4):
@@ -76,7 +76,7 @@ def test_a_resident_run_trains_and_resumes_bit_identically(tfds_data_dir, tmp_pa
   are a function of the step; no data state is saved), on 512 real Fashion-MNIST images."""
 
   def run(workdir, steps):
-    config = tiny_config(tfds_data_dir, "steps=4", checkpoint_every_steps=2, num_eval_batches=1)
+    config = tiny_autoencoder_config(tfds_data_dir, "steps=4", checkpoint_every_steps=2, num_eval_batches=1)
     config.data.resident, config.data.random_flip, config.data.train_split = True, True, "train[:512]"
     config.num_train_steps, config.optimizer.schedule = steps, "constant"
     return train_and_evaluate(config, workdir)

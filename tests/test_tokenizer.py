@@ -9,7 +9,7 @@ from fsq.models.discriminator import Discriminator
 from fsq.tasks import build_autoencoder, train_and_evaluate
 from fsq.tasks.autoencoder import AutoencoderTask
 from fsq.tasks.tokenizer import TokenizerTask
-from tests.test_train import read_metrics, tiny_config
+from tests.helpers import read_metrics, tiny_autoencoder_config
 
 
 def make_task(config, **weights):
@@ -27,7 +27,7 @@ def _equal(a, b):
 
 
 def test_gan_step_updates_only_what_it_should(tfds_data_dir):
-  config = tiny_config(tfds_data_dir)
+  config = tiny_autoencoder_config(tfds_data_dir)
   images = jax.random.uniform(jax.random.key(0), (8, 32, 32, 1), minval=-1, maxval=1)
   task = make_task(config, perceptual_weight=0.0, disc_start_step=1, ema_decay=0.9)
   state = jax.jit(task.init)(jax.random.key(1), {"image": images})
@@ -46,7 +46,7 @@ def test_gan_step_updates_only_what_it_should(tfds_data_dir):
 
 
 def test_without_perceptual_and_gan_terms_the_generator_step_is_the_autoencoder_step(tfds_data_dir):
-  config = tiny_config(tfds_data_dir)
+  config = tiny_autoencoder_config(tfds_data_dir)
   images = jax.random.uniform(jax.random.key(3), (8, 32, 32, 1), minval=-1, maxval=1)
   task = make_task(config, l2_weight=1.0, perceptual_weight=0.0, adversarial_weight=0.0)
   plain = AutoencoderTask(task.model, task.optimizer)
@@ -63,7 +63,7 @@ def test_without_perceptual_and_gan_terms_the_generator_step_is_the_autoencoder_
 
 @pytest.mark.slow
 def test_tokenizer_trains_in_the_generic_loop_with_lpips(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, "steps=2")
+  config = tiny_autoencoder_config(tfds_data_dir, "steps=2")
   final = train_and_evaluate(config, tmp_path, task=make_task(config, perceptual_weight=0.1))
   train = read_metrics(tmp_path)
   assert [m["step"] for m in train] == [1, 2]

@@ -15,98 +15,31 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from configs.autoencoder import get_config
 from fsq.data import pipeline
 from fsq.files import run_path
 from fsq.tasks import train_and_evaluate
-from fsq.train import writers
-from fsq.train.checkpoint import Checkpointer, restore_to_host
+from fsq.train.checkpoint import Checkpointer
 from fsq.train.loop import NonFiniteLossError
-from tests.helpers import patched
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {
-  "batch_size": 8,
-  "log_every_steps": 1,
-  "eval_every_steps": 1000,
-  "checkpoint_every_steps": 2,
-  "num_eval_batches": 2,
-  "model.filters": 8,
-  "model.channel_multipliers": (1, 2),
-  "model.norm_groups": 4,
-  "optimizer.warmup_steps": 1,
-}
-
-
-def tiny_config(data_dir, arg="", **overrides):
-  return patched(get_config(arg), {**TINY, "data.data_dir": str(data_dir), **overrides})
-
-
-def read_metrics(workdir, split="train"):
-  path = run_path(workdir, "workdir") / "metrics.jsonl"
-  return [m for m in writers.read_metrics(path) if m["split"] == split]
-
-
-def restore_state(workdir, step):
-  return restore_to_host(run_path(workdir, "workdir") / "checkpoints" / str(step))
-
-
-def restore_params(workdir, step):
-  restored = restore_state(workdir, step)
-  return jax.tree.leaves(restored["params"]), jax.tree.leaves(restored["opt_state"])
+from tests.helpers import (
+  AUTOENCODER_TINY,
+  REPO,
+  read_metrics,
+  restore_params,
+  restore_state,
+  run_cli,
+  tiny_autoencoder_config,
+)
 
 
 def cli_args(workdir, data_dir, steps, **overrides):
   args = [f"--config={REPO}/configs/autoencoder.py:steps={steps}", f"--workdir={workdir}"]
-  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
+  for key, value in {**AUTOENCODER_TINY, "data.data_dir": str(data_dir), **overrides}.items():
     args.append(f"--config.{key}={value}")
   return args
 
 
-def run_cli(args, env=None, module="scripts.train", **kwargs):
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    **kwargs,
-  )
-
-
-def without_device_count(xla_flags: str) -> str:
-  return " ".join(f for f in xla_flags.split() if "device_count" not in f)
-
-
-def run_one_process(args, num_devices, module="scripts.train", **env):
-  """``python -m module args`` as one process with ``num_devices`` CPU devices."""
-  flags = without_device_count(os.environ["XLA_FLAGS"])
-  devices = f"{flags} --xla_force_host_platform_device_count={num_devices}"
-  done = run_cli(args, env=dict(os.environ, XLA_FLAGS=devices, **env), module=module)
-  assert done.returncode == 0, done.stdout + done.stderr
-
-
-def run_two_processes(args, log_dir, module="scripts.train", **env):
-  """``python -m module args`` as 2 processes x 2 CPU devices (scripts.launch_local), logs in log_dir."""
-  launcher = [
-    "--num_processes=2",
-    "--devices_per_process=2",
-    f"--module={module}",
-    f"--log_dir={log_dir}",
-    "--",
-    *args,
-  ]
-  flags = without_device_count(os.environ["XLA_FLAGS"])
-  done = run_cli(launcher, env=dict(os.environ, XLA_FLAGS=flags, **env), module="scripts.launch_local")
-  assert done.returncode == 0, "".join(p.read_text() for p in sorted(Path(log_dir).glob("process_*.log")))
-  for process in (0, 1):
-    log = (Path(log_dir) / f"process_{process}.log").read_text()
-    assert f"process {process} of 2 processes, 4 devices" in log, log
-
-
 def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, "steps=6", profile_steps=(2, 3), peak_flops_per_device=1e9)
+  config = tiny_autoencoder_config(tfds_data_dir, "steps=6", profile_steps=(2, 3), peak_flops_per_device=1e9)
   final = train_and_evaluate(config, tmp_path)
   train = read_metrics(tmp_path)
   assert [m["step"] for m in train] == [1, 2, 3, 4, 5, 6]
@@ -131,14 +64,16 @@ def test_train_and_evaluate_fsq_on_fashion_mnist(tfds_data_dir, tmp_path):
   assert len(list((tmp_path / "profile" / "plugins" / "profile").glob("*/*.xplane.pb"))) == 1
   for bad in ((3, 2), (0, 1), (2,)):
     with pytest.raises(ValueError, match=r"config.profile_steps must be \(\) or \(first, last\)"):
-      tiny_config(tfds_data_dir, profile_steps=bad)
+      tiny_autoencoder_config(tfds_data_dir, profile_steps=bad)
   with pytest.raises(ValueError, match=r"config.peak_flops_per_device must be a number >= 0"):
-    tiny_config(tfds_data_dir, peak_flops_per_device=-1.0)
+    tiny_autoencoder_config(tfds_data_dir, peak_flops_per_device=-1.0)
 
 
 @pytest.mark.slow
 def test_vq_autoencoder_with_ema_statistics_trains_and_resumes(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, "quantizer=vq_uvim,steps=2", **{"quantizer.codebook_size": 64})
+  config = tiny_autoencoder_config(
+    tfds_data_dir, "quantizer=vq_uvim,steps=2", **{"quantizer.codebook_size": 64}
+  )
   train_and_evaluate(config, tmp_path)
   counts = restore_state(tmp_path, 2)["model_state"]
   assert counts["vq_stats"]["quantizer"]["counts"].shape == (64,)
@@ -156,13 +91,15 @@ def test_train_and_evaluate_on_tfds_mock_data(tmp_path):
       )
       for split in ("train", "test")
     )
-    final = train_and_evaluate(tiny_config(tmp_path, "steps=2"), tmp_path / "run", sources=sources)
+    final = train_and_evaluate(
+      tiny_autoencoder_config(tmp_path, "steps=2"), tmp_path / "run", sources=sources
+    )
   assert final["codebook/count"] == 2 * 8 * 16 * 16 and np.isfinite(final["mse"])
 
 
 @pytest.mark.slow
 def test_resume_on_a_different_mesh(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, "steps=2")
+  config = tiny_autoencoder_config(tfds_data_dir, "steps=2")
   train_and_evaluate(config, tmp_path)
   config.num_train_steps = 4
   config.mesh.data, config.mesh.fsdp, config.mesh.fsdp_min_size = 4, 2, 64
@@ -176,7 +113,7 @@ def test_resume_on_a_different_mesh(tfds_data_dir, tmp_path):
 
 
 def test_non_finite_loss_stops_within_a_step_and_keeps_the_last_checkpoint(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, "steps=6", debug_nan_at_step=3)
+  config = tiny_autoencoder_config(tfds_data_dir, "steps=6", debug_nan_at_step=3)
   with pytest.raises(NonFiniteLossError, match=r"step 3: metric \w+ is nan"):
     train_and_evaluate(config, tmp_path)
   assert Checkpointer(tmp_path / "checkpoints").all_steps() == [2]
@@ -254,7 +191,7 @@ def test_resume_after_sigkill_is_bit_identical_and_sigterm_saves(tfds_data_dir, 
 
 @pytest.mark.slow
 def test_a_save_interrupted_midway_is_ignored_on_resume(tfds_data_dir, tmp_path):
-  config = tiny_config(tfds_data_dir, "steps=4")
+  config = tiny_autoencoder_config(tfds_data_dir, "steps=4")
   train_and_evaluate(config, tmp_path)
   # What a kill during the save of step 6 leaves: orbax's temporary directory, half written.
   partial = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp"

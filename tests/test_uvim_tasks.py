@@ -32,34 +32,18 @@ from fsq.tasks.uvim_outputs import (
 )
 from fsq.tasks.validate import validate_config
 from fsq.train.checkpoint import restore_to_host
-from tests.helpers import flat_params, inception_pool, patched
+from tests.helpers import (
+  REPO,
+  UVIM_TINY,
+  flat_params,
+  inception_pool,
+  read_metrics,
+  restore_params,
+  run_one_process,
+  run_two_processes,
+  tiny_uvim_config,
+)
 from tests.test_evals import _fid_scipy
-from tests.test_train import REPO, read_metrics, restore_params, run_one_process, run_two_processes
-
-TINY = {
-  "batch_size": 8,
-  "num_train_steps": 2,
-  "log_every_steps": 1,
-  "eval_every_steps": 1000,
-  "checkpoint_every_steps": 2,
-  "num_eval_batches": -1,
-  "data.name": "synthetic_scenes/tiny",
-  "model.patch_size": 16,
-  "model.code_grid": 4,
-  "model.width": 32,
-  "model.oracle_depth": 1,
-  "model.base_depth": 1,
-  "model.num_heads": 2,
-  "model.mlp_dim": 64,
-  "quantizer.codebook_size": 64,
-  "quantizer.vq_dim": 8,
-  "vtt.width": 32,
-  "vtt.depth": 1,
-  "vtt.num_heads": 2,
-  "vtt.mlp_dim": 64,
-  "vtt.patch_size": 16,
-  "optimizer.warmup_steps": 1,
-}
 
 
 def _log_softmax(logits):
@@ -200,10 +184,6 @@ def scenes_dir(tmp_path_factory):
   return data_dir
 
 
-def tiny_config(data_dir, arg, **overrides):
-  return patched(get_config(f"run=cpu,{arg}"), {**TINY, "data.data_dir": str(data_dir), **overrides})
-
-
 def test_every_uvim_config_validates_and_bad_patches_are_named():
   for arg in itertools.product(("oracle", "lm"), ("depth", "panoptic", "colorization"), ("fsq", "vq")):
     for run in ("cpu", "paper"):
@@ -227,7 +207,7 @@ def _final_metrics(workdir):
 def depth_stage_one(scenes_dir, tmp_path_factory):
   """A tiny UViM depth stage I (FSQ) trained 2 steps, once for the module: (workdir, final metrics)."""
   workdir = tmp_path_factory.mktemp("depth_stage_one")
-  final = train_and_evaluate(tiny_config(scenes_dir, "stage=oracle,task=depth,quantizer=fsq"), workdir)
+  final = train_and_evaluate(tiny_uvim_config(scenes_dir, "stage=oracle,task=depth,quantizer=fsq"), workdir)
   return workdir, final
 
 
@@ -246,7 +226,7 @@ def test_stage_two_in_two_processes_matches_one_process(scenes_dir, depth_stage_
   as one process with 4 devices: losses, parameters and the depth metrics over the test split. The
   frozen stage I reaches every process's mesh from the host."""
   overrides = {
-    **TINY,
+    **UVIM_TINY,
     "data.data_dir": scenes_dir,
     "data.num_shards": 2,
     "tokenizer_workdir": depth_stage_one[0],
@@ -292,7 +272,7 @@ def _stage_two_encoder_checkpoint(config, path, seed):
 
 
 def test_stage_two_encoder_starts_from_a_big_vision_checkpoint_and_trains_at_a_tenth(scenes_dir, tmp_path):
-  config = tiny_config(scenes_dir, "stage=lm,task=panoptic,quantizer=vq")
+  config = tiny_uvim_config(scenes_dir, "stage=lm,task=panoptic,quantizer=vq")
   task, encoder = _stage_two_encoder_checkpoint(config, tmp_path / "vit.npz", seed=1)
   task = dataclasses.replace(task, encoder_init=str(tmp_path / "vit.npz"))
   state = jax.jit(task.init)(jax.random.key(0), {"image": jnp.zeros((2, 64, 64, 3))})
@@ -312,10 +292,10 @@ def test_stage_two_encoder_starts_from_a_big_vision_checkpoint_and_trains_at_a_t
 
 @pytest.mark.slow
 def test_stage_one_panoptic_vq_then_stage_two(scenes_dir, tmp_path):
-  config = tiny_config(scenes_dir, "stage=oracle,task=panoptic,quantizer=vq")
+  config = tiny_uvim_config(scenes_dir, "stage=oracle,task=panoptic,quantizer=vq")
   final = train_and_evaluate(config, tmp_path / "one")
   assert 0 <= final["pq/all_pq"] <= 1 and final["codebook/count"] == 4 * 4 * 4
-  config_two = tiny_config(scenes_dir, "stage=lm,task=panoptic,quantizer=vq")
+  config_two = tiny_uvim_config(scenes_dir, "stage=lm,task=panoptic,quantizer=vq")
   config_two.tokenizer_workdir = str(tmp_path / "one")
   # The image encoder starts from a checkpoint in big_vision's layout, trained at 0.1 of the rate.
   _, encoder = _stage_two_encoder_checkpoint(config_two, tmp_path / "vit.npz", seed=7)
@@ -348,10 +328,10 @@ def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_p
   stage II and evaluate's color_fid against FID recomputed from the restored model with scipy."""
   if not weights.path_of("inception_fid").exists():
     pytest.skip("run `python -m scripts.fetch_weights inception_fid`")
-  config = tiny_config(scenes_dir, "stage=oracle,task=colorization,quantizer=fsq,context=off")
+  config = tiny_uvim_config(scenes_dir, "stage=oracle,task=colorization,quantizer=fsq,context=off")
   final = train_and_evaluate(config, tmp_path / "one")
   assert final == _final_metrics(tmp_path / "one") and final["codebook/count"] == 4 * 4 * 4
-  config_two = tiny_config(scenes_dir, "stage=lm,task=colorization,quantizer=fsq,context=off")
+  config_two = tiny_uvim_config(scenes_dir, "stage=lm,task=colorization,quantizer=fsq,context=off")
   config_two.tokenizer_workdir = str(tmp_path / "one")
   train_and_evaluate(config_two, tmp_path / "two")
   with pytest.raises(ValueError, match=r"metric 'rfid' does not apply to task 'uvim_lm \(colorization\)'"):

@@ -51,46 +51,53 @@ class ResBlock(nn.Module):
     return h + residual
 
 
-def _check_common(filters: int, channel_multipliers: Sequence[int], num_res_blocks: int, norm_groups: int):
-  if not channel_multipliers or any(m < 1 for m in channel_multipliers):
-    raise ValueError(f"channel_multipliers must be non-empty positive integers, got {channel_multipliers}")
-  if num_res_blocks < 1:
-    raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-  for m in channel_multipliers:
-    if (filters * m) % norm_groups:
-      raise ValueError(
-        f"norm_groups = {norm_groups} must divide every width filters * multiplier, got {filters * m}"
-      )
-
-
-def _blocks(parent: nn.Module):
-  """A maker of the parent's ResBlocks, named ResBlock_0, ResBlock_1, ... in order (the names Flax gives
-  them), rematerialised in the backward pass when ``parent.remat`` (the same parameters either way)."""
-  block_class = nn.remat(ResBlock) if parent.remat else ResBlock
-  count = iter(range(1 << 30))
-  settings = dict(
-    norm_groups=parent.norm_groups, maskgit_shortcut_quirk=parent.maskgit_shortcut_quirk, dtype=parent.dtype
-  )
-  return lambda features: block_class(features, **settings, name=f"ResBlock_{next(count)}")
-
-
-class Encoder(nn.Module):
-  """Images (B, H, W, C) -> latents (B, H / 2^(levels-1), W / 2^(levels-1), latent_dim)."""
+class _Tower(nn.Module):
+  """What Encoder and Decoder share: width ``filters`` times each level's multiplier (a level halves or
+  doubles the resolution), ``num_res_blocks`` per level, GroupNorm groups, the reference code's shortcut
+  quirk, the compute dtype and rematerialisation of each block."""
 
   filters: int
   channel_multipliers: Sequence[int]
   num_res_blocks: int
-  latent_dim: int
   norm_groups: int = 32
   maskgit_shortcut_quirk: bool = False
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
 
+  def check_fields(self) -> None:
+    """A ValueError naming the field whose value the tower cannot be built with."""
+    multipliers = self.channel_multipliers
+    if not multipliers or any(m < 1 for m in multipliers):
+      raise ValueError(f"channel_multipliers must be non-empty positive integers, got {multipliers}")
+    if self.num_res_blocks < 1:
+      raise ValueError(f"num_res_blocks must be >= 1, got {self.num_res_blocks}")
+    for width in (self.filters * m for m in multipliers):
+      if width % self.norm_groups:
+        raise ValueError(
+          f"norm_groups = {self.norm_groups} must divide every width filters * multiplier, got {width}"
+        )
+
+  def blocks(self):
+    """A maker of this tower's ResBlocks, named ResBlock_0, ResBlock_1, ... in order (the names Flax gives
+    them), rematerialised in the backward pass when ``remat`` (the same parameters either way)."""
+    block_class = nn.remat(ResBlock) if self.remat else ResBlock
+    count = iter(range(1 << 30))
+    settings = dict(
+      norm_groups=self.norm_groups, maskgit_shortcut_quirk=self.maskgit_shortcut_quirk, dtype=self.dtype
+    )
+    return lambda features: block_class(features, **settings, name=f"ResBlock_{next(count)}")
+
+
+class Encoder(_Tower, kw_only=True):
+  """Images (B, H, W, C) -> latents (B, H / 2^(levels-1), W / 2^(levels-1), latent_dim)."""
+
+  latent_dim: int
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    _check_common(self.filters, self.channel_multipliers, self.num_res_blocks, self.norm_groups)
+    self.check_fields()
     assert x.ndim == 4, f"expected images (batch, height, width, channels), got {x.shape}"
-    block = _blocks(self)
+    block = self.blocks()
     x = Conv(self.filters, (3, 3), use_bias=False, dtype=self.dtype)(x)
     for level, multiplier in enumerate(self.channel_multipliers):
       for _ in range(self.num_res_blocks):
@@ -104,23 +111,16 @@ class Encoder(nn.Module):
     return Conv(self.latent_dim, (1, 1), dtype=self.dtype, name="to_latent")(x)
 
 
-class Decoder(nn.Module):
+class Decoder(_Tower, kw_only=True):
   """Latents (B, h, w, D) -> images (B, h * 2^(levels-1), w * 2^(levels-1), out_channels)."""
 
-  filters: int
-  channel_multipliers: Sequence[int]
-  num_res_blocks: int
   out_channels: int
-  norm_groups: int = 32
-  maskgit_shortcut_quirk: bool = False
-  dtype: jnp.dtype = jnp.float32
-  remat: bool = False
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    _check_common(self.filters, self.channel_multipliers, self.num_res_blocks, self.norm_groups)
+    self.check_fields()
     assert z.ndim == 4, f"expected latents (batch, height, width, channels), got {z.shape}"
-    block = _blocks(self)
+    block = self.blocks()
     x = Conv(self.filters * self.channel_multipliers[-1], (3, 3), dtype=self.dtype)(z)
     for _ in range(self.num_res_blocks):
       x = block(self.filters * self.channel_multipliers[-1])(x)
