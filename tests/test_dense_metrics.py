@@ -1,14 +1,17 @@
-"""Dense-task metrics (panoptic quality, NYU depth errors) against hand-computed cases."""
+"""Dense-task metrics (panoptic quality, NYU depth errors) against hand-computed cases, and their jitted
+statistics against the numpy accumulators."""
 
 from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fsq.data.dense_targets import NYU_EVAL_CROP
 from fsq.evals import dense_metrics
+from fsq.evals.dense_metrics import DepthMetrics, PanopticQuality, depth_metric_sums, panoptic_stats
 
 # Classes: 0 void, 1 and 2 things, 3 stuff.
 THINGS = (1, 2)
@@ -212,3 +215,74 @@ def test_stuff_split_by_instance_as_big_vision_scores_two_channel_outputs():
   assert (split.tp[1], split.fp[1], split.fn[1]) == (0, 1, 2)
   with pytest.raises(ValueError, match="cannot merge"):
     merged.merge(split)
+
+
+def test_jitted_metric_statistics_match_the_numpy_accumulators():
+  rng = np.random.default_rng(5)
+  gt = rng.uniform(0.5, 13.0, (4, 8, 8))
+  gt[1] = 20.0  # no valid pixel: skipped
+  pred = gt * rng.uniform(0.7, 1.4, gt.shape)
+  mask = np.array([1.0, 1.0, 1.0, 0.0])
+  sums = np.asarray(depth_metric_sums(jnp.asarray(pred), jnp.asarray(gt), jnp.asarray(mask), 1e-3, 12.0))
+  reference = DepthMetrics(1e-3, 12.0, crop=None).update(pred[:3], gt[:3])
+  np.testing.assert_allclose(sums[:5], reference.image_sums, rtol=1e-4)
+  assert (sums[5], sums[6]) == (reference.num_images, reference.num_skipped) == (2, 1)
+
+  shape = (3, 16, 16)
+  gs, gi = rng.integers(-1, 5, shape), rng.integers(0, 4, shape)
+  gs[:, :8], gi[:, :8] = 3, 1  # a large thing segment that the prediction below mostly keeps
+  ps, pi = gs.copy(), gi.copy()
+  noise = rng.random(shape) < 0.2
+  ps[noise], pi[noise] = rng.integers(-1, 5, noise.sum()), rng.integers(0, 4, noise.sum())
+  stats = panoptic_stats(*map(jnp.asarray, (ps, pi, gs, gi)), jnp.ones(3), 5, 4, (2, 3, 4), -1)
+  reference = PanopticQuality(5, (2, 3, 4), void_label=-1).update(ps, pi, gs, gi)
+  np.testing.assert_array_equal(np.asarray(stats[:3]), np.stack([reference.tp, reference.fp, reference.fn]))
+  np.testing.assert_allclose(stats[3], reference.iou_sum, rtol=1e-5)
+  assert reference.tp.sum() > 0
+  # with_stats: the jitted statistics in an accumulator of the same classes report the same PQ.
+  made = PanopticQuality(5, (2, 3, 4), void_label=-1).with_stats(stats).result()
+  for group in ("All", "Things", "Stuff"):
+    for key in ("pq", "sq", "rq"):
+      assert made[group][key] == pytest.approx(reference.result()[group][key], rel=1e-6), (group, key)
+  with pytest.raises(ValueError, match=r"stats must have shape \(4, 5\), got \(3, 5\)"):
+    PanopticQuality(5, (2, 3, 4), void_label=-1).with_stats(stats[:3])
+
+
+@pytest.mark.parametrize("void", [12, 0])
+def test_panoptic_statistics_with_many_classes_and_instances_match_numpy(void):
+  """Per-class overlap histograms against the numpy accumulator: 12 classes x 20 instances, blocky
+  segments (so that many pairs match) with noise, void in both maps, one image masked out. Void lies
+  outside the class range (12) or inside it (0, as in big_vision's COCO, where class 0's blocks are void)."""
+  rng = np.random.default_rng(9)
+  blocks = rng.integers(0, 12, (3, 8, 8)), rng.integers(0, 20, (3, 8, 8))
+  gs, gi = (np.kron(b, np.ones((4, 4), np.int64)) for b in blocks)  # (3, 32, 32), 4x4 blocks
+  gs[rng.random(gs.shape) < 0.05] = void
+  ps, pi = gs.copy(), gi.copy()
+  noise = rng.random(gs.shape) < 0.3
+  labels = sorted({*range(12), void})  # the classes and void
+  ps[noise], pi[noise] = rng.choice(labels, noise.sum()), rng.integers(0, 20, noise.sum())
+  things = tuple(range(4, 12))
+  mask = np.array([1.0, 0.0, 1.0])
+  args = (jnp.asarray(mask), 12, 20, things, void)
+  stats = np.asarray(panoptic_stats(*map(jnp.asarray, (ps, pi, gs, gi)), *args))
+  keep = mask.astype(bool)
+  reference = PanopticQuality(12, things, void_label=void).update(ps[keep], pi[keep], gs[keep], gi[keep])
+  np.testing.assert_array_equal(stats[:3], np.stack([reference.tp, reference.fp, reference.fn]))
+  np.testing.assert_allclose(stats[3], reference.iou_sum, rtol=1e-5)
+  assert reference.tp.sum() > 20 and reference.fp.sum() > 0 and reference.fn.sum() > 0
+
+
+@pytest.mark.parametrize("void", [0, -1])
+def test_panoptic_statistics_apply_the_void_rules_to_a_void_label_inside_the_class_range(void):
+  """One 1x10 image, thing class 2 (instance 1): GT ``v v v v 2 2 2 2 2 2``, prediction ``2 x8, 1 1``.
+  By hand (panopticapi's rules): the predicted 2 covers 8 pixels, 4 of them on GT void, so its union
+  is 8 + 6 - 4 - 4 = 6 and IoU 4/6 > 0.5: a true positive; the predicted 1 is a false positive. Void 0
+  lies inside the class range, as in big_vision's COCO; -1 outside it: the same numbers either way."""
+  gs = np.array([[[void] * 4 + [2] * 6]])
+  ps = np.array([[[2] * 8 + [1] * 2]])
+  ones = np.ones_like(gs)
+  stats = np.asarray(panoptic_stats(*map(jnp.asarray, (ps, ones, gs, ones)), jnp.ones(1), 3, 2, (2,), void))
+  expected = np.zeros((4, 3))
+  expected[0, 2], expected[3, 2] = 1, 4 / 6  # TP and IoU of class 2
+  expected[1, 1] = 1  # FP of class 1
+  np.testing.assert_allclose(stats, expected, rtol=1e-6)

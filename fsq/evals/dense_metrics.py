@@ -1,4 +1,6 @@
-"""Metrics for UViM's dense tasks, in numpy: panoptic quality (COCO panoptic) and NYU Depth v2 depth errors.
+"""Metrics for UViM's dense tasks: panoptic quality (COCO panoptic) and NYU Depth v2 depth errors, as numpy
+accumulators, and the jitted kernels that compute their statistics inside a sharded evaluation step
+(``panoptic_stats``, ``depth_metric_sums``; tested equal to the accumulators).
 
 Both are streaming accumulators: ``update`` adds images (in place, returns self), ``merge`` returns a new
 accumulator holding two accumulators' statistics (from other evaluation shards or JAX processes, whose
@@ -41,6 +43,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 # The crop the paper's numbers use: big_vision's ``nyu_eval_crop`` of NYU Depth v2's 480x640 images, rows
@@ -190,6 +194,19 @@ class PanopticQuality:
     merged.iou_sum = self.iou_sum + other.iou_sum
     return merged
 
+  def with_stats(self, stats) -> PanopticQuality:
+    """A new accumulator with this one's classes holding ``stats`` (4, num_classes), the TP, FP, FN and
+    matched-IoU sums that ``panoptic_stats`` computes (counts rounded to integers)."""
+    stats = np.asarray(stats, np.float64)
+    if stats.shape != (4, self.num_classes):
+      raise ValueError(f"stats must have shape (4, {self.num_classes}), got {stats.shape}")
+    made = PanopticQuality(
+      self.num_classes, np.flatnonzero(self.is_thing).tolist(), self.void_label, self.stuff_by_instance
+    )
+    made.tp, made.fp, made.fn = (np.rint(s).astype(np.int64) for s in stats[:3])
+    made.iou_sum = stats[3]
+    return made
+
   def result(self) -> dict:
     """PQ, SQ and RQ of all classes and of the thing and stuff classes, and per class.
 
@@ -335,3 +352,87 @@ class DepthMetrics:
     out: dict[str, float | int] = {k: float(v) for k, v in zip(_NAMES, values, strict=True)}
     out.update(num_images=self.num_images, num_pixels=self.num_pixels, num_skipped=self.num_skipped)
     return out
+
+
+# ------------------------------------------------------------------- the statistics inside jit
+
+
+def depth_metric_sums(
+  pred: jax.Array, gt: jax.Array, mask: jax.Array, min_depth: float, max_depth: float
+) -> jax.Array:
+  """``DepthMetrics(min_depth, max_depth, crop=None)``'s statistics inside jit, (7,) float32: sums over the
+  masked-in images with a valid pixel of per-image [RMSE, abs-rel, delta_1..3], then the number of such
+  images and of masked-in images without a valid pixel. pred, gt (B, H, W) metres; mask (B,)."""
+  valid = (gt > min_depth) & (gt < max_depth)
+  n = jnp.sum(valid, axis=(1, 2))
+  safe_gt, safe_pred = jnp.where(valid, gt, 1.0), jnp.where(pred > 0, pred, 1.0)
+  ratio = jnp.maximum(pred / safe_gt, safe_gt / safe_pred)
+  per_pixel = [jnp.square(pred - gt), jnp.abs(pred - gt) / safe_gt]
+  per_pixel += [(pred > 0) & (ratio < 1.25**k) for k in (1, 2, 3)]
+  means = jnp.stack([jnp.sum(v * valid, axis=(1, 2)) for v in per_pixel], -1) / jnp.maximum(n, 1)[:, None]
+  means = means.at[:, 0].set(jnp.sqrt(means[:, 0]))
+  counted = mask * (n > 0)
+  skipped = jnp.sum(mask * (n == 0))
+  return jnp.concatenate([jnp.sum(means * counted[:, None], 0), jnp.stack([jnp.sum(counted), skipped])])
+
+
+def _segment_ids(semantic, instance, num_classes, max_instances, is_thing, void_label):
+  """(B, H, W) maps -> (B, H * W) segment ids ``class * max_instances + instance`` in [0, K), K =
+  num_classes * max_instances, and K on void pixels (the class ``void_label``, which may lie inside
+  [0, num_classes) as COCO's 0 does, or any class outside that range); stuff uses instance 0."""
+  void = (semantic == void_label) | (semantic < 0) | (semantic >= num_classes)
+  cls = jnp.clip(semantic, 0, num_classes - 1)
+  inst = jnp.where(is_thing[cls], jnp.clip(instance, 0, max_instances - 1), 0)
+  key = jnp.where(void, num_classes * max_instances, cls * max_instances + inst)
+  return key.reshape(key.shape[0], -1)
+
+
+def _image_panoptic_stats(gt, pred, num_classes, max_instances):
+  """One image's (4, num_classes, max_instances) TP, FP, FN, matched-IoU sums from segment ids (P,).
+
+  Only segments of the same class can match, so overlaps are counted per class: a histogram over
+  (class, gt instance, predicted instance) of the pixels whose two segments share a class, size
+  num_classes * max_instances^2 (1.3M bins for COCO), never a K x K matrix."""
+  c, i = num_classes, max_instances
+  k = c * i
+  gt_area = jnp.zeros(k + 1).at[gt].add(1.0)[:k].reshape(c, i)
+  pred_area = jnp.zeros(k + 1).at[pred].add(1.0)[:k].reshape(c, i)
+  on_void = jnp.zeros(k + 1).at[jnp.where(gt == k, pred, k)].add(1.0)[:k].reshape(c, i)
+  same = (gt < k) & (pred < k) & (gt // i == pred // i)
+  pair = jnp.where(same, gt * i + pred % i, k * i)  # (class, gt instance, predicted instance)
+  intersection = jnp.zeros(k * i + 1).at[pair].add(1.0)[: k * i].reshape(c, i, i)
+  union = gt_area[:, :, None] + pred_area[:, None, :] - intersection - on_void[:, None, :]
+  iou = intersection / jnp.maximum(union, 1.0)
+  matched = iou > 0.5
+  tp = jnp.sum(matched, 2)
+  iou_sum = jnp.sum(matched * iou, 2)
+  fn = (gt_area > 0) & ~jnp.any(matched, 2)
+  fp = (pred_area > 0) & ~jnp.any(matched, 1) & (on_void <= 0.5 * pred_area)
+  return jnp.stack([tp, fp, fn, iou_sum]).astype(jnp.float32)
+
+
+def panoptic_stats(
+  pred_semantic: jax.Array,
+  pred_instance: jax.Array,
+  gt_semantic: jax.Array,
+  gt_instance: jax.Array,
+  mask: jax.Array,
+  num_classes: int,
+  max_instances: int,
+  thing_classes: tuple[int, ...],
+  void_label: int,
+) -> jax.Array:
+  """``PanopticQuality``'s statistics inside jit, (4, num_classes) float32: TP, FP, FN and the sum of
+  matched IoUs per class over the masked-in images (the void class's entry stays 0). Maps (B, H, W) int;
+  mask (B,). Void is the semantic label ``void_label`` (in the ground truth: removed from unions, and
+  excuses predictions lying mostly on it; in the prediction: no segment) and any label outside
+  [0, num_classes); instance ids must lie in [0, max_instances). Memory per image is
+  num_classes * max_instances^2 histogram bins (5 MB at COCO's 134 x 100), so the statistics stay in the
+  jitted, sharded evaluation step at paper scale too.
+  """
+  is_thing = jnp.zeros(num_classes, bool).at[jnp.asarray(thing_classes, jnp.int32)].set(True)
+  args = (num_classes, max_instances, is_thing, void_label)
+  pred = _segment_ids(pred_semantic, pred_instance, *args)
+  gt = _segment_ids(gt_semantic, gt_instance, *args)
+  per_image = jax.vmap(lambda g, p: _image_panoptic_stats(g, p, num_classes, max_instances))(gt, pred)
+  return jnp.einsum("bsci,b->sc", per_image, mask.astype(jnp.float32))

@@ -27,10 +27,10 @@ from fsq.models.vtt import VisionToTextTransformer
 from fsq.tasks.autoencoder import AutoencoderTask
 from fsq.tasks.base import FAMILIES, TaskFamily, family_of, register
 from fsq.tasks.checks import check_conv, check_vit, compute_dtype
+from fsq.tasks.dense import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
 from fsq.tasks.maskgit import MaskGITTask
 from fsq.tasks.tokenizer import TokenizerTask
 from fsq.tasks.uvim import UViMStageOneTask, UViMStageTwoTask
-from fsq.tasks.uvim_outputs import ColorizationRepresentation, DepthRepresentation, PanopticRepresentation
 from fsq.train import loop, stages
 from fsq.train.checkpoint import restore_step_to_host
 from fsq.train.data import batch_spec

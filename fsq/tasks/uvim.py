@@ -3,7 +3,7 @@
 Stage I trains ``fsq.models.uvim.UViM`` on (x, y); stage II trains ``fsq.models.vtt.VisionToTextTransformer``
 on the frozen stage I's codes of y given x, and evaluates greedy ``generate`` -> stage I ``decode`` -> metric.
 The output representations of the three tasks (targets, losses, predictions, metrics) are in
-``fsq.tasks.uvim_outputs``.
+``fsq.tasks.dense``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fsq.metrics import code_counts
 from fsq.models.uvim import UViM
 from fsq.models.vit_checkpoint import vit_params_from_checkpoint
 from fsq.models.vtt import VisionToTextTransformer, generate
-from fsq.tasks.uvim_outputs import Representation, side_by_side
+from fsq.tasks.dense import Representation, side_by_side
 from fsq.train.state import TrainState, apply_gradients
 
 _SCALAR_AUX = ("loss", "commitment_loss", "codebook_loss")
