@@ -3,6 +3,7 @@ scheduling, TPU dry runs, and the paper experiments' runs and tables."""
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from configs.uvim import get_config as get_uvim_config
 from experiments import codebook_size, common, convergence, levels_sweep, maskgit_imagenet256, settling, uvim
 from experiments.common import MISSING, Run
 from fsq.files import run_path
+from fsq.quantizers import levels_for_codebook_size
 from fsq.tasks.validate import validate_config
 from scripts import make_tables, sweep
 
@@ -473,6 +475,12 @@ def test_figures_are_written(tmp_path):
   }
   assert [p.name for p in codebook_size.figures(runs, results, tmp_path)] == ["codebook_size.png"]
   runs = levels_sweep.runs("cpu")
+  # The sweep asks Fig. 10's question at 2^10 and 2^16, with the recommender's sets among its own.
+  sizes = {round(math.log2(math.prod(levels))) for levels in levels_sweep.level_sets(runs)}
+  assert sizes == {10, 16} and all(min(v) >= 2 for v in levels_sweep.level_sets(runs))
+  for bits in (10, 16):
+    assert levels_for_codebook_size(2**bits) in levels_sweep.level_sets(runs)
+    assert any(min(v) < 5 for v in levels_sweep.level_sets(runs) if round(math.log2(math.prod(v))) == bits)
   results = {"fsq_8-5-5-5_stage1": {"rfid": 3.0, "codebook/usage": 0.9}, "fsq_32-32_stage2": {"fid": 5.0}}
   assert [p.name for p in levels_sweep.figures(runs, results, tmp_path)] == ["levels_sweep.png"]
   assert (tmp_path / "codebook_size.png").stat().st_size > 0 and (
