@@ -108,9 +108,11 @@ def from_logs(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> tuple[str | 
   return log_table(runs, run_dir), settling_figure(runs, run_dir, out_dir)
 
 
-def log_table(runs: Sequence[Run], run_dir: Path) -> str | None:
-  """Markdown: per run, validation PSNR and usage at REPORT_STEPS and the step each settled at. None if
-  no run has validations yet."""
+def log_table(
+  runs: Sequence[Run], run_dir: Path, report_steps: Sequence[int] = REPORT_STEPS, eval_every: int = EVAL_EVERY
+) -> str | None:
+  """Markdown: per run, validation PSNR and usage at ``report_steps`` and the step each settled at (the
+  runs validate every ``eval_every`` steps). None if no run has validations yet."""
   rows = []
   for run in runs:
     found = _validations(run, run_dir)
@@ -123,16 +125,16 @@ def log_table(runs: Sequence[Run], run_dir: Path) -> str | None:
     ):
       steps, values = found.get(key, (np.zeros(0), np.zeros(0)))
       at = dict(zip(steps.tolist(), values.tolist(), strict=True))
-      row += [formatted(at[s], spec) if s in at else "" for s in REPORT_STEPS]
+      row += [formatted(at[s], spec) if s in at else "" for s in report_steps]
       row.append(_settled_cell(steps, values, tolerance))
     rows.append(row)
   if not rows:
     return None
   header = ["run"]
   for what in ("PSNR", "usage"):
-    header += [f"{what} @{s}" for s in REPORT_STEPS] + [f"{what} settled at"]
+    header += [f"{what} @{s}" for s in report_steps] + [f"{what} settled at"]
   return (
-    f"## Validation during training\n\nEvery {EVAL_EVERY} steps on the whole test split. Settled at: the"
+    f"## Validation during training\n\nEvery {eval_every} steps on the whole test split. Settled at: the"
     f" first validation after which all stay within {PSNR_TOLERANCE} dB (PSNR) or"
     f" {USAGE_TOLERANCE:.0%} of the codebook (usage) of the last; not by S: only the last validation (step"
     " S) is.\n\n" + markdown_table(header, rows)
@@ -144,8 +146,11 @@ def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:
   return []
 
 
-def settling_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[Path]:
-  """settling.png: validation PSNR and usage (%) against step, one line per run. [] without validations."""
+def settling_figure(
+  runs: Sequence[Run], run_dir: Path, out_dir: Path, filename: str = "settling.png"
+) -> list[Path]:
+  """``filename`` (a PNG): validation PSNR and usage (%) against step, one line per run. [] without
+  validations."""
   lines = [(run.name, _validations(run, run_dir)) for run in runs]
   lines = [(name, found) for name, found in lines if found]
   if not lines:
@@ -164,4 +169,4 @@ def settling_figure(runs: Sequence[Run], run_dir: Path, out_dir: Path) -> list[P
     ax.set(title=title, xlabel="step")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  return [save_figure(fig, Path(out_dir) / "settling.png")]
+  return [save_figure(fig, Path(out_dir) / filename)]

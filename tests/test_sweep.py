@@ -16,7 +16,16 @@ import pytest
 
 from configs.maskgit import get_config
 from configs.uvim import get_config as get_uvim_config
-from experiments import codebook_size, common, convergence, levels_sweep, maskgit_imagenet256, settling, uvim
+from experiments import (
+  codebook_size,
+  common,
+  convergence,
+  levels_sweep,
+  maskgit_imagenet256,
+  settling,
+  training_length,
+  uvim,
+)
 from experiments.common import MISSING, Run
 from fsq.files import run_path
 from fsq.quantizers import levels_for_codebook_size
@@ -629,3 +638,33 @@ def test_settling_repeats_study_runs_longer_and_finds_when_validation_settles(tm
   assert make_tables.main(["settling", f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 't'}"]) == 0
   document = (tmp_path / "t" / "table.md").read_text()
   assert "## Validation during training" in document and "![settling](settling.png)" in document
+
+
+def test_training_length_trains_the_study_s_fsq_2_16_longer_and_reports_every_1000_steps(tmp_path):
+  study = {r.name: r for r in codebook_size.runs("cpu")}["fsq_16_stage1"]
+  runs = training_length.runs("cpu")
+  assert [r.name for r in runs] == ["fsq_16_4x_stage1", "fsq_16_2x_stage1"]
+  for run, steps in zip(runs, (8000, 4000), strict=True):
+    assert run.config == study.config and run.metrics == study.metrics and run.num_images == study.num_images
+    rest = [o for o in run.overrides if not o.startswith(("num_train_steps=", "eval_every_steps="))]
+    assert rest == [o for o in study.overrides if not o.startswith("num_train_steps=")]  # the same recipe
+    assert f"num_train_steps={steps}" in run.overrides and "eval_every_steps=500" in run.overrides
+    assert f"num_train_steps={steps // 4 if steps == 8000 else steps // 2}" in study.overrides
+  with pytest.raises(ValueError, match="no 'paper' scale"):
+    training_length.runs("paper")
+
+  run_dir = tmp_path / "runs" / "training_length" / "cpu"
+  (run_dir / "fsq_16_2x_stage1").mkdir(parents=True)
+  records = [
+    {"step": int(s), "split": "eval", "psnr": 25.0 + s / 4000, "codebook/usage": 0.4 + s / 40000}
+    for s in np.arange(500, 4001, 500)
+  ]
+  (run_dir / "fsq_16_2x_stage1" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  section, figures = training_length.from_logs(runs, run_dir, tmp_path / "out")
+  header = section.split("\n\n")[2].splitlines()[0]
+  assert "PSNR @1000" in header and "PSNR @8000" in header and "Every 500 steps" in section
+  row = table_rows(section)["fsq_16_2x_stage1"]
+  # within 0.25 dB of the last (26.00) from 25.75 at step 3000; usage within 1 point only at the last
+  assert row[:4] == ["25.25", "25.50", "25.75", "26.00"] and row[4:9] == [""] * 4 + ["3000"]
+  assert row[9:13] == ["42.5%", "45.0%", "47.5%", "50.0%"] and row[-1] == "not by 4000"
+  assert [p.name for p in figures] == ["training_length.png"]
