@@ -9,9 +9,11 @@ loaded on another. A stale entry therefore cannot be hit: it can only be unused.
 removes the folder.
 """
 
+import fcntl
 import hashlib
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -58,14 +60,41 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+  """A folder that ``make(folder)`` fills once for the whole test run, shared by every pytest-xdist worker
+  (the first to need it makes it while the others wait on a lock; all then read it). Only for folders the
+  tests read and never change."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the workers' base folders share this parent
+  folder, done = root / name, root / f"{name}.done"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      make(folder)
+      done.touch()
+  return folder
+
+
 @pytest.fixture(scope="session")
 def tfds_data_dir(tmp_path_factory):
-  """A TFDS data_dir with the real Fashion-MNIST prepared once for the whole session."""
+  """A TFDS data_dir with the real Fashion-MNIST, prepared once for the whole test run."""
   from fsq.data import builders
 
-  data_dir = tmp_path_factory.mktemp("tfds")
-  builders.prepare("fashion_mnist_local", data_dir)
-  return data_dir
+  return made_once(tmp_path_factory, "tfds", lambda folder: builders.prepare("fashion_mnist_local", folder))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tfds_data_dir, tmp_path_factory):
+  """The workdir of ``tests.helpers.tiny_maskgit_config``'s tokenizer trained 2 steps with checkpoints at
+  steps 1 and 2, once for the whole test run (tests read it, or copy it before they change it)."""
+  from fsq.tasks import train_and_evaluate
+  from tests.helpers import tiny_maskgit_config
+
+  config = tiny_maskgit_config(tfds_data_dir, "tokenizer", checkpoint_every_steps=1)
+  return made_once(tmp_path_factory, "tiny_tokenizer", lambda folder: train_and_evaluate(config, folder))
 
 
 @pytest.fixture(scope="session")

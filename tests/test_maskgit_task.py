@@ -82,30 +82,21 @@ def test_grid_labels_give_one_row_per_class_and_spread_large_label_sets(tfds_dat
   np.testing.assert_array_equal(imagenet.grid_labels()[::2], [0, 111, 222, 333, 444, 555, 666, 777, 888, 999])
 
 
-@pytest.fixture(scope="module")
-def stage_one(tfds_data_dir, tmp_path_factory):
-  """The tiny tokenizer of ``tests.helpers.tiny_maskgit_config`` trained 2 steps, with checkpoints at
-  steps 1 and 2, once for the module (the tests only read it)."""
-
-  workdir = tmp_path_factory.mktemp("stage_one") / "tok"
-  train_and_evaluate(tiny_maskgit_config(tfds_data_dir, "tokenizer", checkpoint_every_steps=1), workdir)
-  return workdir
-
-
 @pytest.mark.slow
-def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_data_dir, stage_one, tmp_path):
+def test_stage_two_in_two_processes_matches_one_process_with_four_devices(
+  tfds_data_dir, tiny_tokenizer, tmp_path
+):
   """Multi-process training and evaluation equal one process: stage II as 2 processes x 2 devices
   (scripts.launch_local, 2 data shards) trains exactly as 1 process x 4 devices, losses and parameters,
   and scripts.evaluate scores both alike. The frozen tokenizer is restored to the host and placed on the
   mesh of every process (a tokenizer committed to one device cannot be moved to a mesh that spans
   processes). This replaces the autoencoder's two-process test: the same loop, launcher and sharded
   input, plus the frozen constants."""
-
-  overrides = {  # the tiny stage II of _maskgit_config, on 2 data shards
+  overrides = {  # the tiny stage II of tiny_maskgit_config, on 2 data shards
     **MASKGIT_TINY,
     "data.data_dir": tfds_data_dir,
     "data.num_shards": 2,
-    "tokenizer_workdir": stage_one,
+    "tokenizer_workdir": tiny_tokenizer,
   }
 
   def args(workdir):
@@ -144,7 +135,9 @@ def test_stage_two_in_two_processes_matches_one_process_with_four_devices(tfds_d
 
 
 @pytest.mark.slow
-def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_dir, stage_one, tmp_path):
+def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(
+  tfds_data_dir, tiny_tokenizer, tmp_path
+):
   """scripts.pretokenize (2 processes, one file each) writes exactly the tokenizer's tokens of every image
   and of its mirror image; stage II on them never runs the encoder, resumes bit-identically, and refuses
   tokens of another tokenizer checkpoint."""
@@ -156,7 +149,7 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   from fsq.train.loop import jit_train_step
 
   split = "train[:20]"
-  stage_two = {**MASKGIT_TINY, "data.data_dir": tfds_data_dir, "tokenizer_workdir": stage_one}
+  stage_two = {**MASKGIT_TINY, "data.data_dir": tfds_data_dir, "tokenizer_workdir": tiny_tokenizer}
   config_arg = f"--config={REPO}/configs/maskgit.py:stage=transformer,run=cpu,quantizer=fsq"
   args = [config_arg, f"--output={tmp_path / 'tokens'}", f"--split={split}"]
   args += [f"--config.{k}={v}" for k, v in stage_two.items()]
@@ -166,7 +159,7 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   assert [f["num_records"] for f in manifest["files"]] == [10, 10]
   assert manifest["tokenizer_step"] == 2 and manifest["seq_len"] == 256 and manifest["dtype"] == "<u2"
   # The reference: the same images straight from the pipeline, mirrored in numpy, through the tokenizer.
-  config = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one))
+  config = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tiny_tokenizer))
   config.tokenizer_step = 2
   task = build_task(config)
   source = InputPipeline(config.data, 8, 0).train_source
@@ -208,7 +201,7 @@ def test_stage_two_trains_and_resumes_on_tokens_made_in_two_processes(tfds_data_
   # 4 steps straight equal 2 steps, a restart, and 2 more (the token loader's state is checkpointed;
   # a constant learning rate, as the schedule depends on num_train_steps).
   def run(workdir, steps, **extra):
-    c = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(stage_one), **extra)
+    c = tiny_maskgit_config(tfds_data_dir, "transformer", tokenizer_workdir=str(tiny_tokenizer), **extra)
     c.data.tokens_dir, c.data.random_flip, c.num_train_steps = str(tmp_path / "tokens"), True, steps
     c.data.train_split = split  # the manifest pins the split the tokens were made of
     c.optimizer.schedule = "constant"
