@@ -104,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # MaskGIT's recipe: constant, unclipped. At CPU scale (learning rate 1e-3, b1 = 0) 12 of 14 runs of
     # the codebook study had loss spikes with it, so the CPU runs warm up over 100 steps, clip the
     # gradient norm at 1 and follow a cosine to zero at num_train_steps; the studies, which train without
-    # the GAN, also keep Adam's momentum (experiments/common.py).
+    # the GAN, also keep Adam's momentum (experiments/registry.py).
     c.optimizer.warmup_steps = 0 if run != "cpu" else 100
     c.optimizer.schedule = "constant" if run != "cpu" else "cosine"
     c.optimizer.grad_clip_norm = 0.0 if run != "cpu" else 1.0

@@ -1,1 +1,1 @@
-"""The paper's tables and figures, one module each (protocol: experiments/common.py)."""
+"""The paper's tables and figures, one module each (protocol: experiments/registry.py)."""

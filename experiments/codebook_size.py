@@ -23,19 +23,9 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments import common
-from experiments.common import (
-  PERCENT,
-  Results,
-  Run,
-  cell,
-  check_scale,
-  markdown_table,
-  maskgit_runs,
-  pyplot,
-  save_figure,
-  value,
-)
+from experiments import report
+from experiments.registry import Results, Run, check_scale, maskgit_runs
+from experiments.report import PERCENT, cell, markdown_table, pyplot, save_figure, value
 from fsq.quantizers import codebook_size, levels_for_codebook_size
 
 SIZES = (8, 10, 12, 14, 16)  # log2 of the codebook size
@@ -91,7 +81,7 @@ def codes(arm: Arm, bits: int) -> str:
 
 
 def planned_cell(runs: Sequence[Run], results: Results, run: str, key: str, spec: str) -> str:
-  """A table cell (common.cell); empty when ``run`` is not part of the experiment at this scale."""
+  """A table cell (report.cell); empty when ``run`` is not part of the experiment at this scale."""
   return cell(results, run, key, spec) if any(r.name == run for r in runs) else ""
 
 
@@ -138,7 +128,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
   return markdown_table(HEADER, rows)
 
 
-PANELS = tuple(common.PANELS[k] for k in ("rfid", "psnr", "usage", "compression", "fid"))
+PANELS = tuple(report.PANELS[k] for k in ("rfid", "psnr", "usage", "compression", "fid"))
 
 
 def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:

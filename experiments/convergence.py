@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import Run, markdown_table, pyplot, save_figure
+from experiments.registry import Run
+from experiments.report import markdown_table, pyplot, save_figure
 from fsq.files import run_path
 from fsq.train.writers import read_metrics
 

@@ -11,7 +11,7 @@ The paper's Fig. 10 plots sampling FID against log2 codebook size coloured by th
 numbers); its heuristic is L_i >= 5 for every level, smaller levels being "subpar". ``LEVEL_SETS`` asks
 that question at two sizes, 2^10 and 2^16: the paper's levels (which the level recommender returns at
 both) against small levels (4s, and 2s at 2^10) and two large ones (32-32, 256-256). At CPU scale each
-set trains both stages with the codebook study's budget and recipe (experiments/common.py).
+set trains both stages with the codebook study's budget and recipe (experiments/registry.py).
 """
 
 from __future__ import annotations
@@ -20,19 +20,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments import common
-from experiments.common import (
-  PERCENT,
-  Results,
-  Run,
-  cell,
-  check_scale,
-  markdown_table,
-  maskgit_runs,
-  pyplot,
-  save_figure,
-  value,
-)
+from experiments import report
+from experiments.registry import Results, Run, check_scale, maskgit_runs
+from experiments.report import PERCENT, cell, markdown_table, pyplot, save_figure, value
 
 # At about 2^10 and 2^16 codes: Table 1's levels (also the level recommender's choice,
 # fsq.quantizers.levels_for_codebook_size), all 4s, all 2s (LFQ's grid) at 2^10, and two large levels.
@@ -100,7 +90,7 @@ def table(runs: Sequence[Run], results: Results) -> str:
   return markdown_table(header, rows)
 
 
-PANELS = tuple(common.PANELS[k] for k in ("rfid", "usage", "compression", "fid"))
+PANELS = tuple(report.PANELS[k] for k in ("rfid", "usage", "compression", "fid"))
 
 
 def figures(runs: Sequence[Run], results: Results, out_dir: Path) -> list[Path]:

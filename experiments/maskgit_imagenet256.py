@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.common import Results, Run, cell, check_scale, markdown_table, maskgit_runs
+from experiments.registry import Results, Run, check_scale, maskgit_runs
+from experiments.report import cell, markdown_table
 
 MODELS = (("fsq", "MaskGIT (FSQ)"), ("vq", "MaskGIT (VQ)"))
 

@@ -8,7 +8,7 @@ steps and validate every ``EVAL_EVERY`` steps on the whole test split: FSQ and M
 FSQ at 2^14, whose usage fell furthest short of the paper's. Stage I's learning rate is constant after
 its warm-up (``CONSTANT_RECIPE``, the recipe of that study), so each run repeats the study's run for its
 first 1000 steps and then trains on. These runs are why the CPU recipe now ends at its budget
-(experiments/common.py).
+(experiments/registry.py).
 
 ``settled_at`` is the first validation after which every later one stays within ``PSNR_TOLERANCE`` dB
 (or ``USAGE_TOLERANCE`` of the codebook) of the last: with 4x the study's steps, a run that settles
@@ -22,18 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import (
-  CPU_STAGE_1_OVERRIDES,
-  PERCENT,
-  Results,
-  Run,
-  cell,
-  formatted,
-  markdown_table,
-  pyplot,
-  save_figure,
-)
 from experiments.convergence import series
+from experiments.registry import CPU_STAGE_1_OVERRIDES, Results, Run
+from experiments.report import PERCENT, cell, formatted, markdown_table, pyplot, save_figure
 from fsq.files import run_path
 from fsq.train.writers import read_metrics
 

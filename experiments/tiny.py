@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.common import Results, Run, runs_table
+from experiments.registry import Results, Run
+from experiments.report import runs_table
 
 SPEC = "configs/maskgit.py:stage={},run=cpu,quantizer=fsq,levels=5-3"
 NUM_IMAGES = 8  # images for reconstruction FID and compression

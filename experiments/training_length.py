@@ -20,15 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments import settling
-from experiments.common import (
-  CPU_NUM_IMAGES,
-  CPU_STAGE_1_OVERRIDES,
-  CPU_STEPS_STAGE_1,
-  PERCENT,
-  Results,
-  Run,
-  runs_table,
-)
+from experiments.registry import CPU_NUM_IMAGES, CPU_STAGE_1_OVERRIDES, CPU_STEPS_STAGE_1, Results, Run
+from experiments.report import PERCENT, runs_table
 
 MULTIPLES = (4, 2)  # of the study's stage I budget; the longest first: it answers the question
 EVAL_EVERY = 500

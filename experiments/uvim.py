@@ -27,19 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.common import (
-  MISSING,
-  PERCENT,
-  Results,
-  Run,
-  cell,
-  check_scale,
-  formatted,
-  markdown_table,
-  pyplot,
-  save_figure,
-  value,
-)
+from experiments.registry import Results, Run, check_scale
+from experiments.report import MISSING, PERCENT, cell, formatted, markdown_table, pyplot, save_figure, value
 from fsq.files import run_path
 
 SEEDS = (0, 1, 2)  # stage II runs per arm, as the paper's three (Table 2 reports their mean)

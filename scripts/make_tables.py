@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from configs.common import parse_levels
-from experiments.common import (
+from experiments.convergence import convergence_table, curves_figure
+from experiments.registry import (
   SCALES,
   experiment_dir,
   experiment_names,
@@ -27,7 +28,6 @@ from experiments.common import (
   load_experiment,
   load_results,
 )
-from experiments.convergence import convergence_table, curves_figure
 from fsq.files import write_text_atomically
 
 

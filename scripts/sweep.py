@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.common import parse_levels
-from experiments.common import (
+from experiments.registry import (
   SCALES,
   Run,
   experiment_dir,

@@ -18,15 +18,17 @@ from configs.maskgit import get_config
 from configs.uvim import get_config as get_uvim_config
 from experiments import (
   codebook_size,
-  common,
   convergence,
   levels_sweep,
   maskgit_imagenet256,
+  registry,
+  report,
   settling,
   training_length,
   uvim,
 )
-from experiments.common import MISSING, Run
+from experiments.registry import Run
+from experiments.report import MISSING
 from fsq.files import run_path
 from fsq.quantizers import levels_for_codebook_size
 from fsq.tasks.validate import validate_config
@@ -315,7 +317,9 @@ def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
   names = [c.split("--workdir=")[1].split()[0].rsplit("/", 1)[1] for c in printed if "scripts.train" in c]
   # Stage II runs bring their stage I runs with them.
   assert names == ["fsq_8-8-8_stage1", "fsq_8-8-8_stage2", "fsq_5-5-5-5-5_stage1", "fsq_5-5-5-5-5_stage2"]
-  assert "levels=8-8-8" in printed[0] and f"--config.num_train_steps={common.CPU_STEPS_STAGE_1}" in printed[0]
+  assert (
+    "levels=8-8-8" in printed[0] and f"--config.num_train_steps={registry.CPU_STEPS_STAGE_1}" in printed[0]
+  )
   with pytest.raises(ValueError, match="--levels is an option"):
     sweep.main(["codebook_size", "--levels", "8-8-8", "--print"])
   with pytest.raises(ValueError, match="matches no run"):
@@ -328,11 +332,11 @@ def test_levels_override_the_level_sets_and_only_selects_runs(tmp_path, capsys):
   assert list(rows) == ["8-8-8"] and rows["8-8-8"][:3] == ["512", "9.00", "8"]
 
 
-@pytest.mark.parametrize("scale", common.SCALES)
+@pytest.mark.parametrize("scale", registry.SCALES)
 def test_paper_experiments_have_valid_configs_and_overrides(scale):
   for module in (codebook_size, maskgit_imagenet256, levels_sweep):
     runs = module.runs(scale)
-    common.check_runs(runs)
+    registry.check_runs(runs)
     for run in runs:
       path, arg = run.config.split(":", 1)
       assert path == "configs/maskgit.py"
@@ -347,7 +351,7 @@ def test_paper_experiments_have_valid_configs_and_overrides(scale):
         node = config
         for part in field.split("."):
           node = node[part]  # a KeyError names a field the config lacks
-      assert run.num_images == (common.CPU_NUM_IMAGES if scale == "cpu" else common.PAPER_NUM_IMAGES)
+      assert run.num_images == (registry.CPU_NUM_IMAGES if scale == "cpu" else registry.PAPER_NUM_IMAGES)
   # Stage I for all three tokenizers at every size; stage II for FSQ and MaskGIT's VQ.
   runs = {r.name: r for r in codebook_size.runs(scale)}
   sizes_2 = (8, 12, 16) if scale == "cpu" else (8, 10, 12, 14, 16)
@@ -395,7 +399,7 @@ def test_tables_put_our_numbers_beside_the_paper_and_mark_missing_runs():
 
 def test_percent_keeps_small_fractions():
   cases = {1.0: "100.0%", 0.9634: "96.3%", 0.01: "1.0%", 0.0052449: "0.52%", 0.000524: "0.052%", 0.0: "0%"}
-  assert {x: common.percent(x) for x in cases} == cases
+  assert {x: report.percent(x) for x in cases} == cases
   plain_vq_16 = codebook_size.table(
     codebook_size.runs("cpu"), {"vq_plain_16_stage1": {"codebook/usage": 34 / 65536}}
   )
@@ -497,10 +501,10 @@ def test_figures_are_written(tmp_path):
   ).stat().st_size > 0
 
 
-@pytest.mark.parametrize("scale", common.SCALES)
+@pytest.mark.parametrize("scale", registry.SCALES)
 def test_uvim_experiment_runs_each_task_and_quantizer_through_both_stages(scale):
   runs = {r.name: r for r in uvim.runs(scale)}
-  common.check_runs(list(runs.values()))
+  registry.check_runs(list(runs.values()))
   names = [f"{t}_{q}" for t in ("depth", "panoptic", "colorization") for q in ("fsq", "vq", "vq_nosplit")]
   names += ["panoptic_fsq_nocontext", "panoptic_vq_nocontext"]
   stage_two = [f"{n}_lm{seed}" for n in names for seed in ("", "_seed1", "_seed2")]  # three stage II seeds
