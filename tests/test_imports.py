@@ -107,3 +107,19 @@ def test_fsq_has_no_import_cycle_between_modules_or_packages():
   assert find_cycle(packages) is None, " -> ".join(find_cycle(packages))
   planted = {**packages, "fsq.train": packages["fsq.train"] | {"fsq.tasks"}}
   assert find_cycle(planted) is not None
+
+
+def test_benchmark_suites_sit_on_the_harness_without_a_circle():
+  """scripts/benchmark.py picks a suite module of scripts/bench; a suite imports at most the harness of
+  scripts/, never another suite; the harness imports neither."""
+  from scripts import benchmark
+
+  bench = REPO / "scripts" / "bench"
+  suites = sorted(p.stem for p in bench.glob("*.py") if p.stem not in ("__init__", "harness"))
+  assert sorted(module for module, _ in benchmark.SUITES.values()) == suites
+  for name in ["harness", *suites]:
+    imported = set()
+    for node in _imports(ast.parse((bench / f"{name}.py").read_text()).body):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("scripts"):
+        imported.add(node.module)
+    assert imported <= (set() if name == "harness" else {"scripts.bench.harness"}), (name, imported)

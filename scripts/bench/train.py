@@ -22,24 +22,11 @@ from fsq.tasks import build_task
 from fsq.train import mesh as mesh_lib
 from fsq.train import resident
 from fsq.train.data import InputPipeline, device_images
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list | tuple) else cost
-  return float(cost.get("flops", 0.0))
-
-
-def matmul_case(size: int = 2048):
-  """(a jitted callable, its FLOPs): a size^3 float32 matmul, the machine's reachable FLOP/s."""
-  a = jax.random.normal(jax.random.key(2), (size, size), jnp.float32)
-  matmul = jax.jit(lambda x: x @ x)
-  return (lambda: matmul(a)), 2 * size**3
+from scripts.bench.harness import flops, matmul_case, time_calls
 
 
 def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2048) -> dict[str, object]:
   """Times ``steps`` train steps, the matmul and ``steps`` input batches; returns rows and ratios."""
-  from scripts.benchmark import time_calls
 
   config = get_config("")
   config.batch_size, config.data.data_dir, config.mesh.data = batch_size, data_dir, 1
@@ -53,7 +40,7 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
     lambda s, b: task.train_step(s, device_images(b), jax.random.key(1), {}), donate_argnums=(0,)
   )
   compiled = step.lower(state, batch).compile()
-  flops = _flops(compiled)
+  step_flops = flops(compiled)
 
   def run_steps():
     nonlocal state
@@ -132,11 +119,11 @@ def train_suite(steps: int, batch_size: int, data_dir: str, matmul_size: int = 2
     "resident images/s": batch_size / resident_s,
     "loop images/s, Grain": batch_size * steps / seconds["loop, Grain"],
     "loop images/s, resident": batch_size * steps / seconds["loop, resident"],
-    "step GFLOP/s (cost analysis)": flops / step_s / 1e9,
+    "step GFLOP/s (cost analysis)": step_flops / step_s / 1e9,
     "matmul GFLOP/s": matmul_flops / 1e9,
   }
   ratios = {
-    "achieved / matmul FLOP/s": (flops / step_s) / matmul_flops,
+    "achieved / matmul FLOP/s": (step_flops / step_s) / matmul_flops,
     "pipeline / step images/s": step_s / input_s,
     "resident / pipeline images/s": input_s / resident_s,
     "loop resident / loop Grain images/s": seconds["loop, Grain"] / seconds["loop, resident"],

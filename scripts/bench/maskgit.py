@@ -13,11 +13,10 @@ import jax.numpy as jnp
 
 from configs.maskgit import get_config
 from fsq.tasks import build_autoencoder, build_maskgit_task
+from scripts.bench.harness import flops, matmul_case, time_calls
 
 
 def maskgit_suite(batch_size: int, matmul_size: int = 2048) -> dict[str, object]:
-  from scripts.benchmark import time_calls
-  from scripts.benchmark_train import _flops, matmul_case
 
   config = get_config("stage=transformer,run=cpu")
   tokenizer = build_autoencoder(config)
@@ -63,7 +62,7 @@ def maskgit_suite(batch_size: int, matmul_size: int = 2048) -> dict[str, object]
   for row in rows:
     row["us_per_vector"] = row["seconds"] / row["shape"][0] * 1e6
   matmul_flops = matmul_ops / seconds["matmul"]
-  step_flops = _flops(compiled) / seconds["step"]
+  step_flops = flops(compiled) / seconds["step"]
   return {
     "rows": rows,
     "values": {

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from fsq.models import conv, vqgan
+from scripts.bench.harness import time_calls
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -42,7 +43,6 @@ def _tokenizer_gradient(conv_class, batch_size: int):
 
 
 def conv_suite(batch_size: int) -> dict[str, object]:
-  from scripts.benchmark import time_calls
 
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (batch_size, 32, 32, 64))

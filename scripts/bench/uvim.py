@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from configs.uvim import get_config
 from fsq.models.vtt import generate
 from fsq.tasks import build_dense_representation, build_uvim, build_uvim_stage_two_task
+from scripts.bench.harness import time_calls
 
 
 def _uncached_greedy(model, params, images):
@@ -29,7 +30,6 @@ def _uncached_greedy(model, params, images):
 
 
 def uvim_suite(batch_size: int) -> dict[str, object]:
-  from scripts.benchmark import time_calls
 
   config = get_config("stage=lm,task=depth,run=cpu")
   representation = build_dense_representation(config)

@@ -1,0 +1,1 @@
+"""The suites of scripts/benchmark.py, one module each, and their harness."""
