@@ -3,15 +3,8 @@
   python -m scripts.benchmark --suite quantizers --out artifacts/benchmark_quantizers.json
 
 One module per suite in ``scripts/bench/`` (``quantizers``, ``train``, ``maskgit``, ``uvim``, ``input``,
-``conv``), on the harness of ``scripts/bench/harness.py``. Suite ``quantizers`` times, on the default
-JAX device:
-  * an elementwise copy of a 2^20 x 4 float32 array (``x -> -x``: one read and one write, the memory
-    floor any elementwise quantizer must pay);
-  * FSQ forward (codes) and forward + backward on the same array, levels [8, 5, 5, 5];
-  * VQ forward (nearest codeword and lookup) with 2^10 and 2^16 codes on 2^16 vectors;
-  * if torch and vector-quantize-pytorch are installed, that library's FSQ on the same shapes.
-Ratios: FSQ / copy, and VQ / FSQ per vector. Targets on a 2-core CPU: FSQ forward <= 2x the copy,
-FSQ >= 100x faster than VQ with 2^16 codes.
+``conv``), each saying in its docstring what it times and against which targets, on the harness of
+``scripts/bench/harness.py`` (interleaved timing, the machine, the report).
 """
 
 from __future__ import annotations

@@ -190,3 +190,13 @@ def run_two_processes(args, log_dir, module="scripts.train", **env):
   for process in (0, 1):
     log = (Path(log_dir) / f"process_{process}.log").read_text()
     assert f"process {process} of 2 processes, 4 devices" in log, log
+
+
+def fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
+  """The Frechet distance of two feature sets (N, D), with scipy's matrix square root: the reference FID."""
+  import scipy.linalg
+
+  mu_a, mu_b = a.mean(0), b.mean(0)
+  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  root = scipy.linalg.sqrtm(cov_a @ cov_b).real
+  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))

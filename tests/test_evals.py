@@ -7,7 +7,6 @@ import chex
 import jax
 import numpy as np
 import pytest
-import scipy.linalg
 
 from configs.maskgit import get_config as get_maskgit_config
 from fsq import weights
@@ -22,6 +21,7 @@ from fsq.train.mesh import make_mesh
 from fsq.train.stages import resolve
 from fsq.train.writers import read_config, write_config
 from tests.helpers import (
+  fid_scipy,
   inception_pool,
   patched,
   tiny_autoencoder_config,
@@ -86,13 +86,6 @@ def test_extract_keeps_valid_rows_in_order_and_caches_references(extractor, tmp_
   assert len(list(tmp_path.glob("*.npz"))) == 3
 
 
-def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
-  mu_a, mu_b = a.mean(0), b.mean(0)
-  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  root = scipy.linalg.sqrtm(cov_a @ cov_b).real
-  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
-
-
 @pytest.mark.slow
 @needs_inception
 def test_evaluate_writes_results_with_reconstruction_fid(maskgit_runs, tmp_path):
@@ -115,7 +108,7 @@ def test_evaluate_writes_results_with_reconstruction_fid(maskgit_runs, tmp_path)
   variables = jax.device_get(run.task.eval_variables(run.state))
   recon = np.clip(np.asarray(run.task.model.apply(variables, images, train=False)[0]), -1, 1)
   np.testing.assert_allclose(
-    saved["rfid"], _fid_scipy(inception_pool(images), inception_pool(recon)), rtol=2e-3
+    saved["rfid"], fid_scipy(inception_pool(images), inception_pool(recon)), rtol=2e-3
   )
 
   # train_usage: the codes of the training split's images (here its first 40), counted in numpy from the

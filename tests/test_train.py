@@ -207,7 +207,7 @@ def test_a_save_interrupted_midway_is_ignored_on_resume(tfds_data_dir, tmp_path)
 
 def test_replicated_arrays_are_saved_in_replica_slices_only_when_a_slice_holds_1_mib(tmp_path, caplog):
   """Small replicated arrays go whole from one replica (no slice program compiled); an array of 8 MiB
-  over 8 devices still goes in 1 MiB slices, one per replica; both restore exactly, onto any sharding."""
+  over 8 devices still goes in 1 MiB slices, one per replica; both restore exactly."""
   from fsq.train.checkpoint import MIN_REPLICA_SLICE_BYTES
 
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -223,6 +223,7 @@ def test_replicated_arrays_are_saved_in_replica_slices_only_when_a_slice_holds_1
     with jax.log_compiles(True), caplog.at_level("WARNING"):
       checkpointer.save(1, placed)
     assert any("jit(slice)" in r.getMessage() for r in caplog.records) == sliced, name
+    assert (tmp_path / name / "1" / "state" / "array_metadatas").is_dir()  # orbax's per-host metadata
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), placed)
     restored = checkpointer.restore(1, target)
     checkpointer.close()

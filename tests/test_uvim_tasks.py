@@ -25,6 +25,7 @@ from fsq.train.checkpoint import restore_to_host
 from tests.helpers import (
   REPO,
   UVIM_TINY,
+  fid_scipy,
   flat_params,
   inception_pool,
   read_metrics,
@@ -33,7 +34,6 @@ from tests.helpers import (
   run_two_processes,
   tiny_uvim_config,
 )
-from tests.test_evals import _fid_scipy
 
 
 def _log_softmax(logits):
@@ -310,7 +310,7 @@ def test_colorization_without_context_then_stage_two_color_fid(scenes_dir, tmp_p
   outputs, _ = jax.jit(run.task.predict_outputs)(run.state, run.constants, images)
   colours = np.clip(np.asarray(outputs, np.float64), -1, 1)
   np.testing.assert_allclose(
-    results["color_fid"], _fid_scipy(inception_pool(images), inception_pool(colours)), rtol=2e-3
+    results["color_fid"], fid_scipy(inception_pool(images), inception_pool(colours)), rtol=2e-3
   )
 
   # ColTran's protocol, scaled down: the colourings of images 0-1 against the disjoint images 2-3, both

@@ -28,7 +28,7 @@ __all__ = [
 
 
 class Representation(Protocol):
-  """What the UViM tasks need of a dense task (see the three representations above)."""
+  """What the UViM tasks need of a dense task (as the depth, panoptic and colorization modules define it)."""
 
   input_channels: int
   output_channels: int
