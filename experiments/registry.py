@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from fsq.files import run_path
 from fsq.tasks.base import METRICS
@@ -176,3 +177,66 @@ def load_results(directory: Path, runs: Sequence[Run]) -> dict[str, dict[str, fl
     if path.exists():
       results[run.name] = json.loads(path.read_text())
   return results
+
+
+MISSING_FIELD = "(absent)"  # a field that one of two compared configs lacks
+
+# Fields a run may change between its start and a resume without changing what it trains: where its
+# folders are (an experiment folder moved), the stage I checkpoint pinned at its start, how it reads its
+# data, how often it evaluates, checkpoints and logs, and what it profiles or reports.
+RESUME_FREE = (
+  "tokenizer_workdir",
+  "tokenizer_step",
+  "data.data_dir",
+  "data.manual_dir",
+  "data.tokens_dir",
+  "data.worker_count",
+  "data.prefetch_buffer_size",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "log_every_steps",
+  "max_to_keep",
+  "preemption_check_every_steps",
+  "profile_steps",
+  "peak_flops_per_device",
+  "debug_nan_at_step",
+)
+
+
+def recipe_changes(recorded: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+  """The dotted fields (but RESUME_FREE) whose values differ between a run's recorded config.json and the
+  config the sweep would give it now, or that only one of them has: a run started under another recipe,
+  which resuming or tabulating would pass off as this one's."""
+  changed = []
+  for key in sorted(set(recorded) | set(current)):
+    name = prefix + key
+    if name in RESUME_FREE:
+      continue
+    old, new = recorded.get(key, MISSING_FIELD), current.get(key, MISSING_FIELD)
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+      changed += recipe_changes(old, new, name + ".")
+    elif old != new:
+      changed.append(f"{name}: {old!r} recorded, {new!r} now")
+  return changed
+
+
+def stale_runs(
+  runs: Sequence[Run], directory: Path, configs: Mapping[str, Mapping[str, Any]]
+) -> dict[str, str]:
+  """Run name -> why its workdir holds another run than the sweep would start now: its recorded config
+  differs (``recipe_changes``), or the stage I it was trained on is stale or gone (a stage II run keeps
+  the stage I it started on; a retrained stage I would not be it). ``runs`` in experiment order."""
+  stale = {}
+  for run in runs:
+    recorded = directory / run.name / "config.json"
+    if not recorded.exists():
+      continue
+    changes = recipe_changes(json.loads(recorded.read_text()), configs[run.name])
+    dependency = run.depends_on
+    if changes:
+      stale[run.name] = "; ".join(changes)
+    elif dependency in stale:
+      stale[run.name] = f"its stage I {dependency} is stale"
+    elif dependency is not None and not (directory / dependency / "config.json").exists():
+      stale[run.name] = f"its stage I {dependency} is gone"
+  return stale

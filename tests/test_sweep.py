@@ -276,17 +276,17 @@ def test_a_run_started_under_another_recipe_stops_the_sweep_and_a_moved_one_does
   with pytest.raises(ValueError, match=r"another config than they would get now; .*" + changes):
     sweep.main(args)
   assert capsys.readouterr().out == ""  # nothing printed or started
-  assert sweep.stale_runs(list(runs.values()), directory, configs) == {
+  assert registry.stale_runs(list(runs.values()), directory, configs) == {
     "fsq_8_stage1": "optimizer.b1: 0.0 recorded, 0.9 now; retired_field: 1 recorded, '(absent)' now",
     "fsq_8_stage2": "its stage I fsq_8_stage1 is stale",
   }
   assert sweep.main([*args, "--accept_config_changes"]) == 0
   (directory / "fsq_8_stage1" / "config.json").unlink()  # moved aside, to be retrained
-  assert sweep.stale_runs(list(runs.values()), directory, configs) == {
+  assert registry.stale_runs(list(runs.values()), directory, configs) == {
     "fsq_8_stage2": "its stage I fsq_8_stage1 is gone"
   }
-  assert sweep.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}) == []
-  assert sweep.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == [
+  assert registry.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}) == []
+  assert registry.recipe_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == [
     "a.b: [1, 2] recorded, [1, 3] now"
   ]
 

@@ -48,6 +48,11 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
+def _restore_args(target):
+  """Orbax's restore arguments for a tree of ShapeDtypeStructs: each array placed with its sharding."""
+  return jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
+
+
 def abstract_with_shardings(abstract_state, shardings):
   """ShapeDtypeStructs carrying the target shardings, for restoring onto a (possibly new) mesh."""
   return jax.tree.map(
@@ -92,8 +97,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state, data_iterator=None):
     """The state at ``step`` placed as ``abstract_state`` says (ShapeDtypeStructs with shardings);
     ``data_iterator`` is moved to the position saved with it."""
-    restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), abstract_state)
-    items = {"state": ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)}
+    items = {"state": ocp.args.PyTreeRestore(item=abstract_state, restore_args=_restore_args(abstract_state))}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
@@ -119,8 +123,8 @@ def restore_to_host(step_dir: str | Path, keys: tuple[str, ...] | None = None) -
       raise ValueError(f"the state in {path} has no {missing}; it has {sorted(metadata.keys())}")
     metadata = {k: metadata[k] for k in keys}
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-  restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
-  args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=keys is not None)
+  partial = keys is not None
+  args = ocp.args.PyTreeRestore(item=target, restore_args=_restore_args(target), partial_restore=partial)
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as checkpointer:
     return jax.device_get(checkpointer.restore(path, args=args))
 
